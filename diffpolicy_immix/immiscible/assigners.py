@@ -1,0 +1,339 @@
+"""Noise assigners: given a batch of data, return Gaussian noise paired with it.
+
+Every assigner is a callable ``assign(x0, generator=None) -> noise`` with ``noise`` of the shape, dtype
+and device of ``x0`` (shape (B, *dims)). ``x0`` is never reordered: the noise moves to the data.
+
+- ``none``: independent ``N(0, I)`` noise (the baseline).
+- ``lsa``: Immiscible Diffusion's batch linear assignment. B noises are drawn and permuted so that the
+  total data-noise distance is minimal (exact Hungarian / Jonker-Volgenant solve). The batch of noise is
+  a permutation of i.i.d. Gaussians, so it stays exactly Gaussian as a set.
+- ``knn``: Improved Immiscible Diffusion's nearest-of-k selection, computed exactly in O(B D + B k)
+  by sampling each candidate's two sufficient statistics (see ``NearestOfK``). The selected noise is
+  *not* Gaussian given the sample (its norm shrinks, more so in low dimension).
+- ``sinkhorn``: entropic minibatch OT; each sample's noise is drawn from its row of the Sinkhorn plan.
+
+With ``generator=None`` an assigner draws from its own private generator (seeded by ``seed``, or from
+the operating system's entropy when ``seed`` is None) and never from torch's global random state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .cost import COST_DTYPES, COST_METRICS, SOLVERS, pairwise_cost, solve_assignment
+from .sampling import combine_with_orthogonal, sample_chi2
+
+__all__ = [
+    "Assigner",
+    "GaussianNoise",
+    "LinearAssignment",
+    "NearestOfK",
+    "SinkhornAssignment",
+    "knn_bruteforce",
+    "check_batch",
+]
+
+# Rows of x0 with a norm at or below this are treated as the origin (any direction is nearest-equivalent).
+_TINY_NORM = 1e-30
+
+
+def check_batch(x0: Any, check_finite: bool = True) -> None:
+    """Raise a one-line ``ValueError`` unless ``x0`` is a non-empty floating tensor of shape (B, *dims)."""
+    if not isinstance(x0, Tensor):
+        raise ValueError(f"x0 must be a torch.Tensor of shape (B, *dims), got {type(x0).__name__}")
+    if not x0.is_floating_point():
+        raise ValueError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}")
+    if x0.dim() < 1 or x0.numel() == 0:
+        raise ValueError(f"x0 must have shape (B, *dims) with at least one element, got shape {tuple(x0.shape)}")
+    if check_finite:
+        # Row norms are one fast reduction and are non-finite for any row holding NaN/inf; only then (or
+        # on overflow of huge finite values) is the exact element-wise test run.
+        if bool(torch.isfinite(torch.linalg.vector_norm(x0.reshape(x0.shape[0], -1), dim=1)).all()):
+            return
+        finite_rows = torch.isfinite(x0.reshape(x0.shape[0], -1)).all(dim=1)  # (B,)
+        if not bool(finite_rows.all()):
+            row = int((~finite_rows).nonzero()[0, 0])
+            raise ValueError(f"x0 has non-finite values (NaN or inf) in row {row} of {x0.shape[0]}")
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic precision for an input dtype: float64 stays float64, everything else runs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class Assigner:
+    """Base class: input checks, generator handling and the ``options`` record.
+
+    Subclasses are dataclasses whose fields are their options, and implement ``_assign``.
+    """
+
+    name: ClassVar[str] = ""
+    seed: int | None = None
+    """Seed of the private generator used when a call passes no generator (None: OS entropy)."""
+    check_finite: bool = True
+    """Reject x0 holding NaN/inf (one pass over the batch)."""
+    _generators: dict[str, torch.Generator] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The assigner's options (its dataclass fields), for logs and configs."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def __call__(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Noise paired with ``x0``.
+
+        Args:
+            x0: Tensor, shape (B, *dims), any floating dtype, CPU or CUDA.
+            generator: a ``torch.Generator`` on x0's device, or None for the private one.
+        Returns:
+            Tensor, shape (B, *dims), dtype and device of ``x0``.
+        """
+        check_batch(x0, self.check_finite)
+        gen = self.default_generator(x0.device) if generator is None else generator
+        if gen.device.type != x0.device.type:
+            raise ValueError(f"generator is on {gen.device} but x0 is on {x0.device}; pass a generator on x0's device")
+        with torch.no_grad():
+            noise = self._assign(x0.detach(), gen)
+        return noise.to(x0.dtype)
+
+    def _assign(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def default_generator(self, device: torch.device | str) -> torch.Generator:
+        """The private generator used on ``device`` when a call passes none (created on first use)."""
+        device = torch.device(device)
+        key = str(device)
+        if key not in self._generators:
+            seed = self.seed if self.seed is not None else random.SystemRandom().getrandbits(63)
+            self._generators[key] = torch.Generator(device=device).manual_seed(seed)
+        return self._generators[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.Generator cannot be pickled or deep-copied; a copy starts a fresh private generator.
+        state = self.__dict__.copy()
+        state["_generators"] = {}
+        return state
+
+    def _draw(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        """i.i.d. N(0, I) of x0's shape in the working precision."""
+        return torch.randn(x0.shape, dtype=_work_dtype(x0.dtype), device=x0.device, generator=generator)
+
+
+@dataclass
+class GaussianNoise(Assigner):
+    """``none``: plain independent Gaussian noise, ``torch.randn`` of x0's shape."""
+
+    name: ClassVar[str] = "none"
+
+    def _assign(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        return self._draw(x0, generator)
+
+
+@dataclass
+class LinearAssignment(Assigner):
+    """``lsa``: permute a batch of Gaussian noise to minimize the total data-noise cost (exact).
+
+    The (B, B) cost comes from one GEMM (``pairwise_cost``); the solve runs on the CPU.
+    """
+
+    name: ClassVar[str] = "lsa"
+    cost: str = "l2"
+    """``"l2"`` (Immiscible Diffusion) or ``"sqeuclidean"`` (minibatch OT); they give different pairings."""
+    cost_dtype: str = "float32"
+    """GEMM precision: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (ties from rounding change pairings)."""
+    solver: str = "auto"
+    """``"auto"`` (``lap``'s Jonker-Volgenant when installed, else scipy), ``"lapjv"``, ``"scipy"``."""
+
+    def __post_init__(self) -> None:
+        if self.cost not in COST_METRICS:
+            raise ValueError(f"lsa option cost={self.cost!r} is invalid; choose one of {COST_METRICS}")
+        if self.cost_dtype not in COST_DTYPES:
+            raise ValueError(
+                f"lsa option cost_dtype={self.cost_dtype!r} is invalid; choose one of {tuple(COST_DTYPES)}"
+            )
+        if self.solver not in SOLVERS:
+            raise ValueError(f"lsa option solver={self.solver!r} is invalid; choose one of {SOLVERS}")
+
+    def _assign(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        noise = self._draw(x0, generator)  # (B, *dims)
+        if x0.shape[0] == 1:
+            return noise
+        cost = pairwise_cost(x0, noise, self.cost, self.cost_dtype)  # (B, B)
+        col = solve_assignment(cost, self.solver).to(x0.device)  # (B,)
+        return noise[col]
+
+
+@dataclass
+class NearestOfK(Assigner):
+    """``knn``: for each sample, the nearest of ``k`` i.i.d. Gaussian candidates -- exactly.
+
+    Since N(0, I) is isotropic, a candidate ``n`` matters to the selection only through
+    ``a = <n, x>/|x| ~ N(0, 1)`` and ``c = |n - a x_hat|^2 ~ chi^2(D - 1)``, which are independent, with
+    ``|x - n|^2 = (|x| - a)^2 + c``. So the projection method draws k pairs (a, c) per sample, keeps the
+    argmin, and builds ``n* = a* x_hat + sqrt(c*) u`` with u uniform on the unit sphere orthogonal to
+    x_hat (one Gaussian row, projected and normalized). The result has exactly the distribution of the
+    brute-force selection at O(B D + B k) cost, so k can be in the thousands. Rows with x = 0 get a random
+    direction (every direction is equally near). ``k = 1`` returns plain Gaussian noise.
+
+    ``method="bruteforce"`` materializes the candidates in chunks (the reference); ``"auto"`` uses it
+    only on CUDA for small ``k * D``, where one fused draw beats the projection's several small kernels.
+    """
+
+    name: ClassVar[str] = "knn"
+    k: int = 8
+    """Candidates per sample (>= 1)."""
+    method: str = "auto"
+    """``"auto"``, ``"projection"`` or ``"bruteforce"``."""
+    max_elements: int = 2**25
+    """Brute force only: candidate elements materialized at once (bounds memory; 2**25 floats = 128 MiB)."""
+
+    _METHODS: ClassVar[tuple[str, ...]] = ("auto", "projection", "bruteforce")
+    _CUDA_BRUTEFORCE_MAX_KD: ClassVar[int] = 32768
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"knn option k={self.k!r} is invalid; k must be an integer >= 1")
+        if self.method not in self._METHODS:
+            raise ValueError(f"knn option method={self.method!r} is invalid; choose one of {self._METHODS}")
+        if self.max_elements < 1:
+            raise ValueError(f"knn option max_elements={self.max_elements} is invalid; it must be >= 1")
+
+    def resolve_method(self, x0: Tensor) -> str:
+        """The path ``auto`` takes for this batch."""
+        if self.method != "auto":
+            return self.method
+        dim = math.prod(x0.shape[1:])
+        small = self.k * dim <= self._CUDA_BRUTEFORCE_MAX_KD
+        return "bruteforce" if (x0.device.type == "cuda" and small) else "projection"
+
+    def _assign(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        if self.k == 1:
+            return self._draw(x0, generator)
+        if self.resolve_method(x0) == "bruteforce":
+            return _knn_bruteforce(x0, self.k, generator, self.max_elements)
+        return _knn_projection(x0, self.k, generator)
+
+
+def _knn_projection(x0: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    work = _work_dtype(x0.dtype)
+    batch = x0.shape[0]
+    x = x0.reshape(batch, -1).to(work)  # (B, D)
+    dim = x.shape[1]
+    radius = x.norm(dim=1, keepdim=True)  # (B, 1)
+    at_origin = radius[:, 0] <= _TINY_NORM
+    if bool(at_origin.any()):
+        # Every direction is equally near the origin: give those rows a random unit direction.
+        x, radius = x.clone(), radius.clone()
+        g0 = torch.randn(int(at_origin.sum()), dim, dtype=work, device=x.device, generator=generator)
+        x[at_origin] = g0 / g0.norm(dim=1, keepdim=True).clamp_min(_TINY_NORM)
+        radius[at_origin] = 1.0
+    # Sufficient statistics of k candidates per sample (float32: ties closer than float32's resolution of
+    # |x - n|^2 are broken arbitrarily, as any float32 distance computation would).
+    a = torch.randn(batch, k, device=x.device, generator=generator)  # (B, k)
+    c = sample_chi2(dim - 1, (batch, k), generator=generator, device=x.device)  # (B, k)
+    r = torch.where(at_origin[:, None], 0.0, radius).float()  # (B, 1)
+    dist2 = (r - a).square_().add_(c)  # (B, k) = |x - n|^2
+    best = dist2.argmin(dim=1, keepdim=True)  # (B, 1)
+    a_star = a.gather(1, best).to(work)  # (B, 1)
+    c_star = c.gather(1, best).to(work)  # (B, 1)
+    g = torch.randn(batch, dim, dtype=work, device=x.device, generator=generator)  # (B, D)
+    # n* = a* x_hat + sqrt(c*) u, u uniform on the sphere orthogonal to x_hat (c* = 0 when D == 1).
+    noise = combine_with_orthogonal(g, x, radius, a_star, c_star)  # (B, D)
+    return noise.reshape(x0.shape)
+
+
+def _knn_bruteforce(x0: Tensor, k: int, generator: torch.Generator, max_elements: int) -> Tensor:
+    work = _work_dtype(x0.dtype)
+    batch = x0.shape[0]
+    x = x0.reshape(batch, -1).to(work)  # (B, D)
+    dim = x.shape[1]
+    rows = max(1, max_elements // (k * dim))
+    out = torch.empty_like(x)
+    for start in range(0, batch, rows):
+        xs = x[start : start + rows]  # (b, D)
+        cand = torch.randn(xs.shape[0], k, dim, dtype=work, device=x.device, generator=generator)  # (b, k, D)
+        dist2 = (cand - xs[:, None, :]).square().sum(dim=2)  # (b, k)
+        best = dist2.argmin(dim=1)  # (b,)
+        out[start : start + rows] = cand[torch.arange(xs.shape[0], device=x.device), best]
+    return out.reshape(x0.shape)
+
+
+def knn_bruteforce(x0: Tensor, k: int, generator: torch.Generator | None = None, max_elements: int = 2**25) -> Tensor:
+    """Reference nearest-of-k: materialize k candidates per sample (in chunks) and take the nearest.
+
+    Args:
+        x0: Tensor, shape (B, *dims).
+    Returns:
+        Tensor, shape (B, *dims), dtype of x0.
+    """
+    return NearestOfK(k=k, method="bruteforce", max_elements=max_elements)(x0, generator)
+
+
+@dataclass
+class SinkhornAssignment(Assigner):
+    """``sinkhorn``: entropic minibatch OT between the batch and B Gaussian noises.
+
+    The cost is standardized (minus its mean, divided by its standard deviation) so that ``reg`` is in
+    units of the cost's spread: distances in high dimension concentrate, and a raw or max-normalized cost
+    with a small ``reg`` gives an almost uniform plan (no pairing at all). Each sample's noise is drawn
+    from its row of the plan (with replacement: two samples may receive the same noise). Small ``reg``
+    approaches the exact assignment; large ``reg`` approaches independent pairing. ``last_marginal_error``
+    records how far the last plan's row sums were from uniform.
+    """
+
+    name: ClassVar[str] = "sinkhorn"
+    reg: float = 0.05
+    """Entropic regularization, relative to the standardized cost (> 0)."""
+    cost: str = "sqeuclidean"
+    """``"sqeuclidean"`` (minibatch OT, as torchcfm) or ``"l2"``."""
+    n_iters: int = 500
+    """Maximum Sinkhorn iterations."""
+    tol: float = 1e-3
+    """Stop when the L1 error of the row marginals (relative to 1) falls below this."""
+    last_marginal_error: float = field(default=float("nan"), init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.reg > 0:
+            raise ValueError(f"sinkhorn option reg={self.reg!r} is invalid; it must be > 0")
+        if self.cost not in COST_METRICS:
+            raise ValueError(f"sinkhorn option cost={self.cost!r} is invalid; choose one of {COST_METRICS}")
+        if self.n_iters < 1:
+            raise ValueError(f"sinkhorn option n_iters={self.n_iters} is invalid; it must be >= 1")
+
+    def _assign(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        noise = self._draw(x0, generator)  # (B, *dims)
+        batch = x0.shape[0]
+        if batch == 1:
+            return noise
+        cost = pairwise_cost(x0, noise, self.cost)  # (B, B)
+        cost = (cost - cost.mean()) / cost.std().clamp_min(1e-12)
+        log_k = -cost / self.reg  # (B, B)
+        log_marginal = -math.log(batch)
+        f = torch.zeros(batch, dtype=log_k.dtype, device=log_k.device)
+        g = torch.zeros_like(f)
+        for it in range(self.n_iters):
+            f = log_marginal - torch.logsumexp(log_k + g[None, :], dim=1)
+            g = log_marginal - torch.logsumexp(log_k + f[:, None], dim=0)
+            if it % 10 == 9 or it == self.n_iters - 1:
+                rows = torch.logsumexp(log_k + f[:, None] + g[None, :], dim=1).exp()  # (B,)
+                self.last_marginal_error = float((rows * batch - 1.0).abs().sum() / batch)
+                if self.last_marginal_error < self.tol:
+                    break
+        else:
+            warnings.warn(
+                f"sinkhorn did not converge in {self.n_iters} iterations (row-marginal error "
+                f"{self.last_marginal_error:.2e} > tol {self.tol}); raise n_iters or reg",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        conditional = torch.softmax(log_k + g[None, :], dim=1)  # (B, B): row i = plan(i, .) / sum
+        col = torch.multinomial(conditional, 1, generator=generator).squeeze(1)  # (B,)
+        return noise[col]
