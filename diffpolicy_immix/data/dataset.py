@@ -1,0 +1,293 @@
+"""Training windows of (observation, action) sequences from a replay-buffer store.
+
+Each item is one window of ``horizon`` steps (Diffusion Policy's timing)::
+
+    obs      |o|o|                  n_obs_steps = 2 (the policy conditions on the first To rows)
+    action   |a|a|a|a|a|a|a|a|...|  horizon = 16 predicted; executed a[To-1 : To-1+Ta], Ta = 8
+
+``obs`` is the concatenation of the observation keys, each flattened over its trailing dims and
+optionally sliced (``"key:start:stop"``), so Diffusion Policy's PushT low-dim observation is
+``["keypoint", "state:0:2"]`` = 9*2 + 2 = 20 dims.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from diffpolicy_immix.data.normalizer import LinearNormalizer
+from diffpolicy_immix.data.replay_buffer import ReplayBuffer
+from diffpolicy_immix.data.sampler import SequenceSampler, gather_rows, split_episodes
+from diffpolicy_immix.data.validation import DatasetError, check_finite
+
+__all__ = ["PolicyDataset", "parse_obs_key"]
+
+
+def parse_obs_key(spec: str) -> tuple[str, slice]:
+    """``"key"`` -> (key, all dims); ``"key:start:stop"`` -> (key, slice(start, stop)) of the last dim
+    after flattening the trailing dims (empty bounds allowed, e.g. ``"state::2"``)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"obs key spec {spec!r} must be 'key' or 'key:start:stop'")
+    parts = spec.split(":")
+    if len(parts) == 1:
+        return spec, slice(None)
+    if len(parts) != 3 or not parts[0]:
+        raise ValueError(f"obs key spec {spec!r} must be 'key' or 'key:start:stop'")
+    try:
+        bounds = [int(p) if p.strip() else None for p in parts[1:]]
+    except ValueError:
+        raise ValueError(f"obs key spec {spec!r}: start and stop must be integers") from None
+    return parts[0], slice(bounds[0], bounds[1])
+
+
+def _flatten_rows(a: np.ndarray, batched: bool) -> np.ndarray:
+    """(T, ...) -> (T, F) or, for gathered windows, (B, H, ...) -> (B, H, F); (T,) -> (T, 1)."""
+    return rearrange(a, "b h ... -> b h (...)") if batched else rearrange(a, "t ... -> t (...)")
+
+
+class PolicyDataset(Dataset):
+    """Windows ``{"obs": (H, Do), "action": (H, Da)}`` (float32 tensors) from the train episodes.
+
+    Args:
+        path: a store (directory/.zip, zarr format 2 or 3) or an open :class:`ReplayBuffer`.
+        obs_keys: observation keys, each ``"key"`` or ``"key:start:stop"``, concatenated in order.
+        action_key: the action array's key (flattened over trailing dims).
+        horizon: window length H.
+        n_obs_steps: To; windows may start ``To - 1`` steps before an episode (padded).
+        n_action_steps: Ta; windows may end ``Ta - 1`` steps after an episode (padded).
+        val_ratio: fraction of episodes held out for :meth:`get_validation_dataset`.
+        seed: seed of the episode split.
+        max_train_episodes: keep at most this many training episodes (seeded choice).
+        in_memory: load the used keys into memory (fast); otherwise read windows from the store.
+        return_pad_mask: also return ``"pad_mask"`` bool (H,) (true where a row repeats an edge frame).
+        validate: scan the used keys for NaN/inf when opening.
+
+    Use :meth:`get_batch` (one vectorized gather) or :meth:`iter_batches` for training loops;
+    ``__getitem__`` works with a plain ``torch.utils.data.DataLoader`` too.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | ReplayBuffer,
+        obs_keys: Sequence[str],
+        action_key: str = "action",
+        horizon: int = 16,
+        n_obs_steps: int = 2,
+        n_action_steps: int = 8,
+        val_ratio: float = 0.0,
+        seed: int = 42,
+        max_train_episodes: int | None = None,
+        in_memory: bool = True,
+        *,
+        return_pad_mask: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(obs_keys, str):
+            obs_keys = [obs_keys]
+        if not obs_keys:
+            raise ValueError("obs_keys is empty; name at least one observation key")
+        sizes = {"horizon": horizon, "n_obs_steps": n_obs_steps, "n_action_steps": n_action_steps}
+        for name, value in sizes.items():
+            if int(value) < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        if n_obs_steps + n_action_steps - 1 > horizon:
+            raise ValueError(
+                f"n_obs_steps + n_action_steps - 1 = {n_obs_steps + n_action_steps - 1} exceeds "
+                f"horizon={horizon} (the executed actions must lie inside the window)"
+            )
+        specs = [parse_obs_key(s) for s in obs_keys]
+        needed = list(dict.fromkeys([name for name, _ in specs] + [action_key]))
+
+        if isinstance(path, ReplayBuffer):
+            buffer = path
+            label = str(buffer.path or "<memory>")
+            for k in needed:
+                buffer[k]  # noqa: B018  (raises DatasetError naming the store, key and the available keys)
+        else:
+            label = str(path)
+            buffer = ReplayBuffer.open(path, in_memory=False, validate=False)
+            missing = [k for k in needed if k not in buffer]
+            if missing:
+                key = missing[0]
+                role = "action key" if key == action_key and key not in dict(specs) else "obs key"
+                available = ", ".join(buffer.keys())
+                raise DatasetError(f"{label}: data/{key}: {role} not found (available keys: {available})")
+        self.path = Path(label) if label != "<memory>" else None
+        self.replay_buffer = buffer
+        self.obs_keys = list(obs_keys)
+        self.action_key = action_key
+        self.horizon = int(horizon)
+        self.n_obs_steps = int(n_obs_steps)
+        self.n_action_steps = int(n_action_steps)
+        self.return_pad_mask = return_pad_mask
+
+        # Resolve each obs slice against its key's flattened width.
+        self._obs_specs: list[tuple[str, slice]] = []
+        obs_dim = 0
+        for spec, (name, sl) in zip(obs_keys, specs):
+            width = int(np.prod(buffer[name].shape[1:], dtype=np.int64))
+            start, stop, _ = sl.indices(width)
+            if stop <= start:
+                raise ValueError(f"obs key spec {spec!r} selects no dims of data/{name} (width {width})")
+            self._obs_specs.append((name, slice(start, stop)))
+            obs_dim += stop - start
+        self._obs_dim = obs_dim
+        self._action_dim = int(np.prod(buffer[action_key].shape[1:], dtype=np.int64))
+
+        raw = {k: buffer[k] for k in needed}
+        if in_memory:  # read each used key once; the rest of the store (e.g. images) is never loaded
+            raw = {k: np.asarray(a[...]) for k, a in raw.items()}
+            if not isinstance(path, ReplayBuffer):
+                buffer.close()
+                buffer = ReplayBuffer(raw, buffer.episode_ends, buffer.attrs, path=buffer.path)
+                self.replay_buffer = buffer
+        if validate:
+            check_finite(label, raw, buffer.episode_ends)
+        self.in_memory = in_memory
+        if in_memory:
+            self._sources: dict[str, Any] = {
+                "obs": self._assemble_obs(raw),  # (T, Do) float32
+                "action": self._assemble_action(raw),  # (T, Da) float32
+            }
+        else:
+            self._sources = raw
+
+        masks = split_episodes(buffer.n_episodes, val_ratio, seed, max_train_episodes)
+        self.train_mask, self.val_mask = masks
+        self.val_ratio = val_ratio
+        self.seed = seed
+        self.max_train_episodes = max_train_episodes
+        self.is_validation = False
+        self.sampler = self._make_sampler(self.train_mask)
+
+    # ----------------------------------------------------------------------------------------------
+    def _make_sampler(self, mask: np.ndarray) -> SequenceSampler:
+        return SequenceSampler(
+            self._sources,
+            self.replay_buffer.episode_ends,
+            self.horizon,
+            pad_before=self.n_obs_steps - 1,
+            pad_after=self.n_action_steps - 1,
+            episode_mask=mask,
+        )
+
+    def _assemble_obs(self, arrays: dict[str, Any], rows: np.ndarray | None = None) -> np.ndarray:
+        """Concatenate the obs slices: (T, Do) float32, or (B, H, Do) for rows (B, H)."""
+        parts = []
+        for name, sl in self._obs_specs:
+            a = np.asarray(arrays[name][...]) if rows is None else gather_rows(arrays[name], rows)
+            parts.append(_flatten_rows(a, rows is not None)[..., sl])
+        return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+
+    def _assemble_action(self, arrays: dict[str, Any], rows: np.ndarray | None = None) -> np.ndarray:
+        a = arrays[self.action_key]
+        a = np.asarray(a[...]) if rows is None else gather_rows(a, rows)
+        return _flatten_rows(a, rows is not None).astype(np.float32, copy=False)
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def obs_dim(self) -> int:
+        """Do: width of the concatenated observation."""
+        return self._obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        """Da: width of the flattened action."""
+        return self._action_dim
+
+    @property
+    def n_episodes(self) -> int:
+        """Episodes this dataset draws windows from (train, or validation for the validation copy)."""
+        return int(self.sampler.episode_mask.sum())
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray | Tensor) -> dict[str, Tensor]:
+        """Windows ``indices`` (B,) as ``{"obs": (B, H, Do), "action": (B, H, Da)}`` float32 tensors
+        (plus ``"pad_mask"`` (B, H) bool if ``return_pad_mask``), gathered in one vectorized step."""
+        if isinstance(indices, Tensor):
+            indices = indices.cpu().numpy()
+        if self.in_memory:
+            windows, mask = self.sampler.sample(indices)
+            obs, action = windows["obs"], windows["action"]
+        else:
+            rows, mask = self.sampler.window_rows(indices)
+            obs = self._assemble_obs(self._sources, rows)
+            action = self._assemble_action(self._sources, rows)
+        batch = {"obs": torch.from_numpy(obs), "action": torch.from_numpy(action)}
+        if self.return_pad_mask:
+            batch["pad_mask"] = torch.from_numpy(mask)
+        return batch
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        """One window: ``{"obs": (H, Do), "action": (H, Da)}`` float32 tensors."""
+        n = len(self)
+        if not -n <= int(i) < n:
+            raise IndexError(f"window index {i} out of range for {n} windows")
+        return {k: v[0] for k, v in self.get_batch(np.array([int(i)])).items()}
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        generator: np.random.Generator | int | None = None,
+    ) -> Iterator[dict[str, Tensor]]:
+        """One epoch of :meth:`get_batch` batches (B, H, ...); ``generator`` seeds the shuffle."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        order = np.arange(len(self))
+        if shuffle:
+            np.random.default_rng(generator).shuffle(order)
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for start in range(0, stop, batch_size):
+            yield self.get_batch(order[start : start + batch_size])
+
+    def get_validation_dataset(self) -> PolicyDataset:
+        """The same store and settings over the held-out episodes (empty when ``val_ratio == 0``)."""
+        val = copy.copy(self)
+        val.sampler = self._make_sampler(self.val_mask)
+        val.is_validation = True
+        return val
+
+    def _episode_rows(self, mask: np.ndarray) -> np.ndarray:
+        """Step mask (T,) of the episodes in ``mask`` (N,)."""
+        return np.repeat(mask, self.replay_buffer.episode_lengths)
+
+    def get_normalizer(self, mode: str = "limits", range_eps: float = 1e-4) -> LinearNormalizer:
+        """A :class:`LinearNormalizer` with keys ``"obs"`` and ``"action"``, fitted on every step of the
+        training episodes (``mode``: ``"limits"`` or ``"gaussian"``)."""
+        steps = self._episode_rows(self.train_mask)
+        if self.in_memory:
+            obs, action = self._sources["obs"], self._sources["action"]
+        else:
+            obs, action = self._assemble_obs(self._sources), self._assemble_action(self._sources)
+        data = {"obs": obs[steps], "action": action[steps]}
+        return LinearNormalizer().fit(data, mode=mode, range_eps=range_eps)
+
+    def get_all_actions(self) -> Tensor:
+        """Every step's action of the training episodes: (T_train, Da) float32."""
+        steps = self._episode_rows(self.train_mask)
+        action = self._sources["action"] if self.in_memory else self._assemble_action(self._sources)
+        return torch.from_numpy(np.ascontiguousarray(action[steps]))
+
+    def __repr__(self) -> str:
+        split = "validation" if self.is_validation else "train"
+        return (
+            f"PolicyDataset({self.path or '<memory>'}, {split}: {self.n_episodes} episodes, "
+            f"{len(self)} windows, "
+            f"obs {self.obs_keys} -> {self.obs_dim}, action {self.action_key!r} -> {self.action_dim}, "
+            f"H={self.horizon}, To={self.n_obs_steps}, Ta={self.n_action_steps})"
+        )
+

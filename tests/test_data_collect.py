@@ -1,0 +1,177 @@
+"""Demonstration collection with a small fake env + expert, and the real ReachAround task if present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import diffpolicy_immix
+from diffpolicy_immix.data import PolicyDataset, ReplayBuffer, collect_demonstrations, validate_store
+
+
+class FakeReachEnv(gym.Env):
+    """A point moves by the action toward a target drawn from the reset seed; PushT-like info arrays."""
+
+    observation_space = gym.spaces.Box(-2, 2, shape=(4,), dtype=np.float32)
+    action_space = gym.spaces.Box(-0.2, 0.2, shape=(2,), dtype=np.float32)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def _obs(self) -> np.ndarray:
+        return np.concatenate([self.pos, self.target]).astype(np.float32)
+
+    def _info(self) -> dict:
+        dist = float(np.linalg.norm(self.pos - self.target))
+        return {
+            "success": dist < 0.05,
+            "score": 1.0 - dist,
+            "state": np.concatenate([self.pos, self.target, [dist]]),  # (5,) float64
+            "keypoint": np.tile(self.pos, (9, 1)),  # (9, 2)
+            "is_success": dist < 0.05,  # a scalar: never stored
+        }
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.pos = np.zeros(2)
+        self.target = self.np_random.uniform(-1, 1, size=2)
+        return self._obs(), self._info()
+
+    def step(self, action):
+        self.pos = self.pos + np.clip(action, -0.2, 0.2)
+        info = self._info()
+        return self._obs(), -float(np.linalg.norm(self.pos - self.target)), bool(info["success"]), False, info
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeExpert:
+    """Heads for the target, except on episodes whose target lies left of x = -0.5 (it then stalls)."""
+
+    name = "fake-greedy"
+
+    def __init__(self, crash_on_episode: int | None = None) -> None:
+        self.episodes = 0
+        self.crash_on_episode = crash_on_episode
+
+    def reset(self, env: FakeReachEnv) -> None:
+        self.episodes += 1
+        if self.crash_on_episode is not None and self.episodes > self.crash_on_episode:
+            raise RuntimeError("expert crashed")
+
+    def act(self, env: FakeReachEnv, obs: np.ndarray) -> np.ndarray:
+        pos, target = obs[:2], obs[2:]
+        if target[0] < -0.5:
+            return np.zeros(2, np.float32)
+        return np.clip(target - pos, -0.2, 0.2).astype(np.float32)
+
+
+def _would_succeed(seed: int) -> bool:
+    env = FakeReachEnv()
+    obs, _ = env.reset(seed=seed)
+    return bool(obs[2] >= -0.5)
+
+
+def test_collect_keeps_successes_and_records_attrs(tmp_path: Path) -> None:
+    out = tmp_path / "reach.zarr"
+    envs: list[FakeReachEnv] = []
+
+    def env_fn() -> FakeReachEnv:
+        envs.append(FakeReachEnv())
+        return envs[-1]
+
+    stats = collect_demonstrations(
+        "test/FakeReach-v0", out, episodes=8, seed=10, max_steps=30, env_fn=env_fn, expert=FakeExpert(),
+        progress=False,
+    )
+    wanted = [s for s in range(10, 18) if _would_succeed(s)]
+    assert 0 < len(wanted) < 8  # the fixture really has both kinds
+    assert stats["episodes_attempted"] == 8
+    assert stats["episodes_kept"] == stats["episodes_succeeded"] == len(wanted)
+    assert stats["success_rate"] == pytest.approx(len(wanted) / 8)
+    assert stats["steps_per_s"] > 0 and stats["steps"] <= stats["steps_total"]
+    assert envs[0].closed
+
+    summary = validate_store(out)
+    assert summary["keys"] == ["action", "keypoint", "obs", "state"]
+    buf = ReplayBuffer.open(out, in_memory=True)
+    attrs = buf.attrs
+    assert attrs["task"] == "test/FakeReach-v0" and attrs["expert"] == "fake-greedy"
+    assert attrs["seed"] == 10 and attrs["episode_seeds"] == wanted
+    assert attrs["episodes_attempted"] == 8 and attrs["episodes_kept"] == len(wanted)
+    assert attrs["obs_keys"] == ["obs"] and attrs["action_key"] == "action"
+    assert attrs["info_keys"] == ["state", "keypoint"]
+    assert attrs["toolkit_version"] == diffpolicy_immix.__version__
+    assert buf["obs"].dtype == np.float32 and buf["state"].dtype == np.float32
+    assert buf["keypoint"].shape == (buf.n_steps, 9, 2)
+    # row t holds the observation the expert acted on and the info of the same instant
+    np.testing.assert_allclose(buf["state"][:, :4], buf["obs"], atol=1e-6)
+    ep0 = buf.get_episode(0)
+    first_obs, _ = FakeReachEnv().reset(seed=wanted[0])
+    np.testing.assert_array_equal(ep0["obs"][0], first_obs)
+    np.testing.assert_allclose(ep0["obs"][1, :2], ep0["action"][0], atol=1e-6)  # pos after one step
+    assert np.linalg.norm(ep0["obs"][-1, :2] + ep0["action"][-1] - ep0["obs"][-1, 2:]) < 0.05
+    ds = PolicyDataset(out, ["obs"], horizon=3, n_obs_steps=2, n_action_steps=2)
+    assert ds.obs_dim == 4 and ds.action_dim == 2
+
+
+def test_collect_keep_failed(tmp_path: Path) -> None:
+    stats = collect_demonstrations(
+        "test/FakeReach-v0", tmp_path / "all.zip", episodes=5, seed=10, max_steps=12,
+        keep_failed=True, env_fn=FakeReachEnv, expert=FakeExpert(), progress=False,
+    )
+    buf = ReplayBuffer.open(tmp_path / "all.zip", in_memory=True)
+    assert buf.n_episodes == 5 == stats["episodes_kept"]
+    assert buf.attrs["episode_success"] == [_would_succeed(s) for s in range(10, 15)]
+    failed = [i for i, ok in enumerate(buf.attrs["episode_success"]) if not ok]
+    assert failed and all(buf.episode_lengths[i] == 12 for i in failed)  # ran to max_steps
+
+
+def test_collect_failures_never_leave_a_store(tmp_path: Path) -> None:
+    out = tmp_path / "keep.zarr"
+    collect_demonstrations(
+        "test/FakeReach-v0", out, episodes=3, seed=10, max_steps=30, keep_failed=True,
+        env_fn=FakeReachEnv, expert=FakeExpert(), progress=False,
+    )
+    before = ReplayBuffer.open(out, in_memory=True)
+    # an expert that crashes mid-collection: no new store, the old one untouched
+    with pytest.raises(RuntimeError, match="expert crashed"):
+        collect_demonstrations(
+            "test/FakeReach-v0", out, episodes=6, seed=0, max_steps=30, env_fn=FakeReachEnv,
+            expert=FakeExpert(crash_on_episode=2), progress=False,
+        )
+    after = ReplayBuffer.open(out, in_memory=True)
+    np.testing.assert_array_equal(after["obs"], before["obs"])
+    # nothing succeeded: nothing written
+    first_bad = next(s for s in range(200) if not _would_succeed(s) and not _would_succeed(s + 1))
+    with pytest.raises(RuntimeError, match=r"0 of 2 episodes succeeded .*nothing written"):
+        collect_demonstrations(
+            "test/FakeReach-v0", tmp_path / "none.zarr", episodes=2, seed=first_bad, max_steps=10,
+            env_fn=FakeReachEnv, expert=FakeExpert(), progress=False,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.zarr"]
+
+
+def test_collect_argument_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="episodes=0 must be >= 1"):
+        collect_demonstrations("x", tmp_path / "a.zarr", episodes=0, env_fn=FakeReachEnv, expert=FakeExpert())
+    with pytest.raises(ValueError, match="no step limit"):
+        collect_demonstrations("x", tmp_path / "a.zarr", episodes=1, env_fn=FakeReachEnv, expert=FakeExpert())
+
+
+def test_collect_real_reach_around(tmp_path: Path) -> None:
+    envs_pkg = pytest.importorskip("diffpolicy_immix_envs")
+    if "immix/ReachAround-v0" not in gym.registry or not hasattr(envs_pkg, "make_expert"):
+        pytest.skip("immix/ReachAround-v0 or make_expert is not available yet")
+    out = tmp_path / "reach_around.zarr"
+    stats = collect_demonstrations("immix/ReachAround-v0", out, episodes=2, seed=0, keep_failed=True,
+                                   progress=False)
+    buf = ReplayBuffer.open(out, in_memory=True)
+    assert buf.n_episodes == 2 == stats["episodes_kept"]
+    assert buf.attrs["task"] == "immix/ReachAround-v0"
+    assert buf["obs"].ndim == 2 and buf["action"].ndim == 2
+    assert buf["obs"].dtype == np.float32
