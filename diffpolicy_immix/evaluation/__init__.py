@@ -1,0 +1,21 @@
+"""Policy evaluation: seeded vectorized rollouts, metrics and videos."""
+
+from diffpolicy_immix.evaluation.rollout import (
+    EpisodeGuard,
+    EpisodeResult,
+    evaluate_policy,
+    make_env,
+    rollout_episodes,
+    summarize_episodes,
+)
+from diffpolicy_immix.evaluation.video import write_video
+
+__all__ = [
+    "EpisodeGuard",
+    "EpisodeResult",
+    "evaluate_policy",
+    "make_env",
+    "rollout_episodes",
+    "summarize_episodes",
+    "write_video",
+]

@@ -1,0 +1,307 @@
+"""Diffusion Policy (Chi et al., RSS 2023) over low-dimensional observations.
+
+The policy denoises a whole action sequence of H steps, conditioned on the last To observations, and
+executes Ta of them before it plans again (receding horizon). Timing, with the defaults To=2, H=16, Ta=8:
+
+```
+step      t-1   t    t+1  t+2  t+3  t+4  t+5  t+6  t+7  t+8  ...  t+14
+obs      | o  | o  |                                                      To = 2 (o at t is "now")
+action   | a  | a  | a  | a  | a  | a  | a  | a  | a  | a  | ... | a  |   H = 16 predicted
+executed      | a  | a  | a  | a  | a  | a  | a  | a  |                   Ta = 8: a[To-1 : To-1+Ta]
+```
+
+A training window holds H aligned steps of observations and actions; only its first To observations
+condition the model, and the loss covers all H actions. Observations and actions are normalized by
+the policy's :class:`~diffpolicy_immix.data.LinearNormalizer` (a submodule, saved with the weights);
+the caller always passes raw units. All noise, for training and for sampling, is drawn by the
+:class:`~diffpolicy_immix.diffusion.DiffusionObjective` (through its noise assigner); this module never
+draws random numbers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from diffpolicy_immix.policy.encoders import ENCODERS, make_obs_encoder
+from diffpolicy_immix.policy.unet1d import ConditionalUnet1D
+
+if TYPE_CHECKING:
+    from diffpolicy_immix.data import LinearNormalizer
+    from diffpolicy_immix.diffusion import DiffusionObjective
+
+OBS = "obs"
+ACTION = "action"
+
+
+@dataclass
+class PolicyConfig:
+    """Shape and network settings of a :class:`DiffusionPolicy`.
+
+    Attributes:
+        horizon: H, action steps predicted per chunk (and the training window length).
+        n_obs_steps: To, observation steps the policy conditions on.
+        n_action_steps: Ta, predicted actions executed before planning again.
+        down_dims: UNet level widths; CPU default (64, 128, 256), the paper uses (256, 512, 1024).
+        kernel_size: odd temporal kernel size of the UNet convolutions.
+        n_groups: GroupNorm groups (must divide every entry of ``down_dims``).
+        diffusion_step_embed_dim: width of the diffusion-step embedding (even).
+        cond_predict_scale: FiLM with scale and bias (True) or bias only.
+        obs_as_global_cond: condition through FiLM on the flattened observation history; the
+            inpainting variant (False) is not implemented.
+        obs_encoder: observation encoder kind, a key of ``policy.encoders.ENCODERS``.
+        obs_encoder_hidden_dims: MLP widths after flattening; ``()`` = identity.
+    """
+
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 128
+    cond_predict_scale: bool = True
+    obs_as_global_cond: bool = True
+    obs_encoder: str = "lowdim"
+    obs_encoder_hidden_dims: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        self.obs_encoder_hidden_dims = tuple(int(d) for d in self.obs_encoder_hidden_dims)
+        for name in ("horizon", "n_obs_steps", "n_action_steps", "kernel_size", "n_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PolicyConfig: {name}={value!r} must be a positive integer")
+        if not self.down_dims or min(self.down_dims) < 1:
+            raise ValueError(f"PolicyConfig: down_dims={self.down_dims} must be non-empty and positive")
+        factor = 2 ** len(self.down_dims)
+        if self.horizon % factor:
+            raise ValueError(f"PolicyConfig: horizon={self.horizon} must be divisible by 2**len(down_dims)={factor}")
+        needed = self.n_obs_steps + self.n_action_steps - 1
+        if needed > self.horizon:
+            raise ValueError(
+                f"PolicyConfig: n_obs_steps + n_action_steps - 1 = {self.n_obs_steps} + "
+                f"{self.n_action_steps} - 1 = {needed} must be <= horizon={self.horizon}"
+            )
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"PolicyConfig: kernel_size={self.kernel_size} must be odd")
+        bad = [d for d in self.down_dims if d % self.n_groups]
+        if bad:
+            raise ValueError(
+                f"PolicyConfig: down_dims={self.down_dims} must all be divisible by n_groups={self.n_groups}"
+            )
+        if self.diffusion_step_embed_dim < 2 or self.diffusion_step_embed_dim % 2:
+            raise ValueError(
+                f"PolicyConfig: diffusion_step_embed_dim={self.diffusion_step_embed_dim} must be even and >= 2"
+            )
+        if not self.obs_as_global_cond:
+            raise ValueError("PolicyConfig: obs_as_global_cond=False (inpainting) is not implemented; set it to True")
+        if self.obs_encoder not in ENCODERS:
+            raise ValueError(f"PolicyConfig: obs_encoder={self.obs_encoder!r} is unknown; valid: {sorted(ENCODERS)}")
+
+    @property
+    def action_slice(self) -> slice:
+        """Indices of the executed actions within a predicted chunk: ``[To-1, To-1+Ta)``."""
+        start = self.n_obs_steps - 1
+        return slice(start, start + self.n_action_steps)
+
+
+class DiffusionPolicy(nn.Module):
+    """Action-sequence diffusion policy with observation/action queues.
+
+    Args:
+        cfg: shapes and network settings.
+        obs_dim: Do.
+        action_dim: Da.
+        normalizer: fitted ``LinearNormalizer`` with keys ``"obs"`` and ``"action"``.
+        objective: the ``DiffusionObjective`` that draws all noise, forms the loss and samples.
+    """
+
+    def __init__(
+        self,
+        cfg: PolicyConfig,
+        obs_dim: int,
+        action_dim: int,
+        normalizer: LinearNormalizer,
+        objective: DiffusionObjective,
+    ) -> None:
+        super().__init__()
+        if obs_dim < 1 or action_dim < 1:
+            raise ValueError(f"DiffusionPolicy: obs_dim={obs_dim} and action_dim={action_dim} must be >= 1")
+        self.cfg = cfg
+        self.obs_dim = obs_dim
+        self.action_dim = action_dim
+        self.normalizer = normalizer
+        self.objective = objective
+        self.obs_encoder = make_obs_encoder(
+            cfg.obs_encoder, obs_dim, cfg.n_obs_steps, hidden_dims=cfg.obs_encoder_hidden_dims
+        )
+        self.model = ConditionalUnet1D(
+            input_dim=action_dim,
+            global_cond_dim=self.obs_encoder.out_dim,
+            down_dims=cfg.down_dims,
+            kernel_size=cfg.kernel_size,
+            n_groups=cfg.n_groups,
+            diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+            cond_predict_scale=cfg.cond_predict_scale,
+        )
+        self._obs_queue: deque[Tensor] = deque(maxlen=cfg.n_obs_steps)
+        self._action_queue: deque[Tensor] = deque()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """The objective's ``model_fn``: (B, H, Da), (B,), (B, G) -> (B, H, Da)."""
+        return self.model(x_t, t, cond)
+
+    def _encode(self, nobs: Tensor) -> Tensor:
+        """nobs: Tensor, shape (B, To, Do), normalized -> global cond, Tensor, shape (B, G)."""
+        return self.obs_encoder(nobs)
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None, with_stats: bool = False
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Diffusion loss on a batch of windows.
+
+        Args:
+            batch: ``{"obs": Tensor (B, H, Do), "action": Tensor (B, H, Da)}`` in raw units (only the
+                first To observation steps are read; any extra keys are ignored).
+            generator: passed to the objective (noise and timesteps).
+            with_stats: ask the objective for miscibility statistics.
+
+        Returns:
+            (loss, stats): scalar Tensor and a dict of floats.
+        """
+        for key in (OBS, ACTION):
+            if key not in batch:
+                raise KeyError(f"DiffusionPolicy.compute_loss: batch has no key {key!r} (keys: {sorted(batch)})")
+        obs, action = batch[OBS], batch[ACTION]
+        h, to = self.cfg.horizon, self.cfg.n_obs_steps
+        if action.ndim != 3 or action.shape[1:] != (h, self.action_dim):
+            raise ValueError(
+                f"DiffusionPolicy.compute_loss: batch['action'] shape {tuple(action.shape)} must be "
+                f"(B, horizon={h}, action_dim={self.action_dim})"
+            )
+        if obs.ndim != 3 or obs.shape[0] != action.shape[0] or obs.shape[1] < to or obs.shape[2] != self.obs_dim:
+            raise ValueError(
+                f"DiffusionPolicy.compute_loss: batch['obs'] shape {tuple(obs.shape)} must be "
+                f"(B={action.shape[0]}, >= n_obs_steps={to}, obs_dim={self.obs_dim})"
+            )
+        nobs = self.normalizer.normalize(OBS, obs[:, :to])  # (B, To, Do)
+        naction = self.normalizer.normalize(ACTION, action)  # (B, H, Da)
+        cond = self._encode(nobs)  # (B, G)
+        return self.objective.loss(self._denoise, naction, cond=cond, generator=generator, with_stats=with_stats)
+
+    def forward(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None, with_stats: bool = False
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Same as :meth:`compute_loss` (DDP synchronizes gradients only through ``forward``)."""
+        return self.compute_loss(batch, generator=generator, with_stats=with_stats)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_action(
+        self, obs_dict: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Sample one action chunk.
+
+        Args:
+            obs_dict: ``{"obs": Tensor (B, To, Do)}`` in raw units, oldest step first.
+            generator: passed to the objective's sampler (the initial noise); it must live on the
+                policy's device.
+
+        Returns:
+            ``{"action": Tensor (B, Ta, Da), "action_pred": Tensor (B, H, Da)}`` in raw units, where
+            ``action == action_pred[:, To-1 : To-1+Ta]``.
+        """
+        if OBS not in obs_dict:
+            raise KeyError(f"DiffusionPolicy.predict_action: obs_dict has no key {OBS!r}")
+        cfg = self.cfg
+        obs = torch.as_tensor(obs_dict[OBS], dtype=torch.float32, device=self.device)
+        if obs.ndim != 3 or obs.shape[1:] != (cfg.n_obs_steps, self.obs_dim):
+            raise ValueError(
+                f"DiffusionPolicy.predict_action: obs_dict['obs'] shape {tuple(obs.shape)} must be "
+                f"(B, n_obs_steps={cfg.n_obs_steps}, obs_dim={self.obs_dim})"
+            )
+        b = obs.shape[0]
+        cond = self._encode(self.normalizer.normalize(OBS, obs))  # (B, G)
+        naction = self.objective.sample(
+            self._denoise,
+            (b, cfg.horizon, self.action_dim),
+            cond=cond,
+            generator=generator,
+            device=cond.device,
+            dtype=cond.dtype,
+        )  # (B, H, Da), normalized
+        action_pred = self.normalizer.unnormalize(ACTION, naction)  # (B, H, Da)
+        return {"action": action_pred[:, cfg.action_slice], "action_pred": action_pred}
+
+    def reset(self) -> None:
+        """Clear the observation and action queues (call at the start of every episode)."""
+        self._obs_queue.clear()
+        self._action_queue.clear()
+
+    @torch.no_grad()
+    def select_action(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Receding-horizon control: one observation in, one action out.
+
+        The observation queue keeps the last To observations (after :meth:`reset`, the first
+        observation is repeated to fill it). A chunk is predicted when the action queue is empty, so a
+        new prediction happens every Ta calls.
+
+        Args:
+            obs: Tensor, shape (B, Do), raw units (numpy arrays are accepted).
+            generator: passed to :meth:`predict_action`.
+
+        Returns:
+            Tensor, shape (B, Da), raw units.
+        """
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(
+                f"DiffusionPolicy.select_action: obs shape {tuple(obs.shape)} must be (B, obs_dim={self.obs_dim})"
+            )
+        if self._obs_queue and self._obs_queue[-1].shape != obs.shape:
+            raise ValueError(
+                f"DiffusionPolicy.select_action: obs shape {tuple(obs.shape)} differs from "
+                f"{tuple(self._obs_queue[-1].shape)} since the last reset(); call reset() between episodes"
+            )
+        if not self._obs_queue:
+            self._obs_queue.extend([obs] * self.cfg.n_obs_steps)
+        else:
+            self._obs_queue.append(obs)
+        if not self._action_queue:
+            history = torch.stack(list(self._obs_queue), dim=1)  # (B, To, Do)
+            chunk = self.predict_action({OBS: history}, generator=generator)["action"]  # (B, Ta, Da)
+            self._action_queue.extend(rearrange(chunk, "b t d -> t b d").unbind(0))
+        return self._action_queue.popleft()
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (
+            f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, "
+            f"To={c.n_obs_steps}, H={c.horizon}, Ta={c.n_action_steps}"
+        )
+
+
+def policy_summary(policy: DiffusionPolicy) -> dict[str, Any]:
+    """Parameter counts and shapes, for logs."""
+    n_params = sum(p.numel() for p in policy.model.parameters())
+    return {
+        "n_params_unet": n_params,
+        "n_params_encoder": sum(p.numel() for p in policy.obs_encoder.parameters()),
+        "obs_dim": policy.obs_dim,
+        "action_dim": policy.action_dim,
+        "horizon": policy.cfg.horizon,
+        "n_obs_steps": policy.cfg.n_obs_steps,
+        "n_action_steps": policy.cfg.n_action_steps,
+    }
