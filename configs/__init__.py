@@ -1,0 +1,1 @@
+"""Hydra configuration files of diffpolicy_immix (installed as package data)."""
