@@ -218,7 +218,9 @@ def _sample(cfg: Any) -> None:
     metric = None
     if cfg.metrics:
         metric = ClassifierFD.from_dataset(
-            str(task["dataset"]), root=task.get("root"), image_size=task.get("image_size"),
+            str(task["dataset"]),
+            root=task.get("root"),
+            image_size=task.get("image_size"),
             **dict(task.get("dataset_options") or {}),
         )
     out = Path(str(cfg.out)) if cfg.out else ckpt.parent.parent / "samples" / f"{ckpt.stem}-n{cfg.n}.png"
@@ -243,5 +245,10 @@ def sample() -> None:
 
 
 def quickstart(argv: list[str] | None = None) -> None:
-    """The README's main job."""
-    demo(argv if argv is not None else sys.argv[1:])
+    """The README's main job: on ReachAround, collect demonstrations if missing, train a vanilla and an
+    immiscible (KNN, k=2) diffusion policy side by side on a short budget, evaluate both on held-out
+    seeds and print the comparison (``dpi-compare experiment=quickstart``; extra ``key=value`` overrides
+    pass through)."""
+    from diffpolicy_immix.experiments import compare_cli
+
+    raise SystemExit(compare_cli(["experiment=quickstart", *(sys.argv[1:] if argv is None else argv)]))

@@ -114,18 +114,22 @@ def bench_device(device: torch.device, cfg: ImageModelConfig, batch: int, steps:
             t_step[label].append(timed(step, 1, 0, device))
     rows = [(label, statistics.median(t_assign[label]), statistics.median(t_step[label])) for label in objectives]
     ref_step = rows[0][2]
-    print(f"{'assigner':<10} {'assign ms':>10} {'step ms':>10} {'assign/step':>12} {'step / none':>12} "
-          f"{'images/s':>10}")
+    print(
+        f"{'assigner':<10} {'assign ms':>10} {'step ms':>10} {'assign/step':>12} {'step / none':>12} {'images/s':>10}"
+    )
     for label, t_assign, t_step in rows:
-        print(f"{label:<10} {t_assign * 1e3:>10.2f} {t_step * 1e3:>10.1f} {t_assign / t_step:>11.1%} "
-              f"{t_step / ref_step:>11.3f}x {batch / t_step:>10.1f}")
+        print(
+            f"{label:<10} {t_assign * 1e3:>10.2f} {t_step * 1e3:>10.1f} {t_assign / t_step:>11.1%} "
+            f"{t_step / ref_step:>11.3f}x {batch / t_step:>10.1f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    parser.add_argument("--preset", choices=sorted(IMAGE_MODEL_PRESETS), default="cifar10",
-                        help="UNet config (ImageModelConfig preset)")
+    parser.add_argument(
+        "--preset", choices=sorted(IMAGE_MODEL_PRESETS), default="cifar10", help="UNet config (ImageModelConfig preset)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=2)

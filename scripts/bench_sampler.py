@@ -163,9 +163,7 @@ def main() -> None:
     results = {
         "SequenceSampler.sample (vectorized)": time_batches(lambda b: sampler.sample(b), batches),
         "PolicyDataset.get_batch (vectorized, torch)": time_batches(ds.get_batch, batches),
-        "reference: per-sample loop + hand padding": time_batches(
-            lambda b: reference_batch(arrays, table, b), few
-        ),
+        "reference: per-sample loop + hand padding": time_batches(lambda b: reference_batch(arrays, table, b), few),
         "PolicyDataset.__getitem__ x B + torch.stack": time_batches(lambda b: per_item_batch(ds, b), few),
     }
     ref = results["reference: per-sample loop + hand padding"]

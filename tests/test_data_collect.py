@@ -85,7 +85,13 @@ def test_collect_keeps_successes_and_records_attrs(tmp_path: Path) -> None:
         return envs[-1]
 
     stats = collect_demonstrations(
-        "test/FakeReach-v0", out, episodes=8, seed=10, max_steps=30, env_fn=env_fn, expert=FakeExpert(),
+        "test/FakeReach-v0",
+        out,
+        episodes=8,
+        seed=10,
+        max_steps=30,
+        env_fn=env_fn,
+        expert=FakeExpert(),
         progress=False,
     )
     wanted = [s for s in range(10, 18) if _would_succeed(s)]
@@ -121,8 +127,15 @@ def test_collect_keeps_successes_and_records_attrs(tmp_path: Path) -> None:
 
 def test_collect_keep_failed(tmp_path: Path) -> None:
     stats = collect_demonstrations(
-        "test/FakeReach-v0", tmp_path / "all.zip", episodes=5, seed=10, max_steps=12,
-        keep_failed=True, env_fn=FakeReachEnv, expert=FakeExpert(), progress=False,
+        "test/FakeReach-v0",
+        tmp_path / "all.zip",
+        episodes=5,
+        seed=10,
+        max_steps=12,
+        keep_failed=True,
+        env_fn=FakeReachEnv,
+        expert=FakeExpert(),
+        progress=False,
     )
     buf = ReplayBuffer.open(tmp_path / "all.zip", in_memory=True)
     assert buf.n_episodes == 5 == stats["episodes_kept"]
@@ -134,15 +147,28 @@ def test_collect_keep_failed(tmp_path: Path) -> None:
 def test_collect_failures_never_leave_a_store(tmp_path: Path) -> None:
     out = tmp_path / "keep.zarr"
     collect_demonstrations(
-        "test/FakeReach-v0", out, episodes=3, seed=10, max_steps=30, keep_failed=True,
-        env_fn=FakeReachEnv, expert=FakeExpert(), progress=False,
+        "test/FakeReach-v0",
+        out,
+        episodes=3,
+        seed=10,
+        max_steps=30,
+        keep_failed=True,
+        env_fn=FakeReachEnv,
+        expert=FakeExpert(),
+        progress=False,
     )
     before = ReplayBuffer.open(out, in_memory=True)
     # an expert that crashes mid-collection: no new store, the old one untouched
     with pytest.raises(RuntimeError, match="expert crashed"):
         collect_demonstrations(
-            "test/FakeReach-v0", out, episodes=6, seed=0, max_steps=30, env_fn=FakeReachEnv,
-            expert=FakeExpert(crash_on_episode=2), progress=False,
+            "test/FakeReach-v0",
+            out,
+            episodes=6,
+            seed=0,
+            max_steps=30,
+            env_fn=FakeReachEnv,
+            expert=FakeExpert(crash_on_episode=2),
+            progress=False,
         )
     after = ReplayBuffer.open(out, in_memory=True)
     np.testing.assert_array_equal(after["obs"], before["obs"])
@@ -150,8 +176,14 @@ def test_collect_failures_never_leave_a_store(tmp_path: Path) -> None:
     first_bad = next(s for s in range(200) if not _would_succeed(s) and not _would_succeed(s + 1))
     with pytest.raises(RuntimeError, match=r"0 of 2 episodes succeeded .*nothing written"):
         collect_demonstrations(
-            "test/FakeReach-v0", tmp_path / "none.zarr", episodes=2, seed=first_bad, max_steps=10,
-            env_fn=FakeReachEnv, expert=FakeExpert(), progress=False,
+            "test/FakeReach-v0",
+            tmp_path / "none.zarr",
+            episodes=2,
+            seed=first_bad,
+            max_steps=10,
+            env_fn=FakeReachEnv,
+            expert=FakeExpert(),
+            progress=False,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.zarr"]
 
@@ -168,8 +200,7 @@ def test_collect_real_reach_around(tmp_path: Path) -> None:
     if "immix/ReachAround-v0" not in gym.registry or not hasattr(envs_pkg, "make_expert"):
         pytest.skip("immix/ReachAround-v0 or make_expert is not available yet")
     out = tmp_path / "reach_around.zarr"
-    stats = collect_demonstrations("immix/ReachAround-v0", out, episodes=2, seed=0, keep_failed=True,
-                                   progress=False)
+    stats = collect_demonstrations("immix/ReachAround-v0", out, episodes=2, seed=0, keep_failed=True, progress=False)
     buf = ReplayBuffer.open(out, in_memory=True)
     assert buf.n_episodes == 2 == stats["episodes_kept"]
     assert buf.attrs["task"] == "immix/ReachAround-v0"

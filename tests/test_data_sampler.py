@@ -204,8 +204,16 @@ def test_parse_obs_key() -> None:
 def test_dataset_items_batches_and_split(tmp_path: Path) -> None:
     lengths = [30, 18, 25, 40, 22, 31, 19, 27, 33, 24]
     path = _store(tmp_path, lengths)
-    ds = PolicyDataset(path, ["keypoint", "state:0:2"], horizon=16, n_obs_steps=2, n_action_steps=8,
-                       val_ratio=0.3, seed=1, return_pad_mask=True)
+    ds = PolicyDataset(
+        path,
+        ["keypoint", "state:0:2"],
+        horizon=16,
+        n_obs_steps=2,
+        n_action_steps=8,
+        val_ratio=0.3,
+        seed=1,
+        return_pad_mask=True,
+    )
     val = ds.get_validation_dataset()
     assert ds.n_episodes == 7 and val.n_episodes == 3
     assert not (ds.train_mask & ds.val_mask).any()

@@ -161,9 +161,7 @@ def test_trained_model_samples_the_two_modes(kind: str, assign: str) -> None:
     torch.manual_seed(0)  # model init only
     modes = torch.tensor([[-0.6, 0.4], [0.6, -0.4]])
     opts = {"k": 4} if assign == "knn" else {}
-    obj = DiffusionObjective(
-        ObjectiveConfig(kind=kind, num_inference_steps=20), assigner=make_assigner(assign, **opts)
-    )
+    obj = DiffusionObjective(ObjectiveConfig(kind=kind, num_inference_steps=20), assigner=make_assigner(assign, **opts))
     model = TinyDenoiser()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = gen(0)

@@ -31,7 +31,6 @@ def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_cpu_thread():
     """These tensors are tiny: one thread is faster and does not fight other processes for cores."""
@@ -187,8 +186,9 @@ def test_save_image_grid_atomic_png(tmp_path):
 def test_sample_and_score_and_evaluator(digits_fd, tmp_path):
     model = ImageDiffusionModel(ImageModelConfig(base_channels=16))
     gen = torch.Generator().manual_seed(0)
-    out = sample_and_score(model, 20, digits_fd, guidance_scale=2.0, generator=gen, num_steps=2,
-                           grid_path=tmp_path / "s.png")
+    out = sample_and_score(
+        model, 20, digits_fd, guidance_scale=2.0, generator=gen, num_steps=2, grid_path=tmp_path / "s.png"
+    )
     assert {"fd", "score", "class_accuracy", "sample_mean", "sample_std", "saturated_frac"} <= set(out)
     assert out["score"] == -out["fd"] and out["fd"] > 0 and 0 <= out["class_accuracy"] <= 1
     assert (tmp_path / "s.png").is_file()

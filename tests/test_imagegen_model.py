@@ -44,8 +44,9 @@ def seeded(seed: int = 0) -> torch.Generator:
 )
 def test_unet_shapes(channels, size, mults, attn):
     torch.manual_seed(0)
-    net = UNet2D(channels, base_channels=16, channel_mults=mults, attention_resolutions=attn,
-                 num_classes=10, image_size=size)
+    net = UNet2D(
+        channels, base_channels=16, channel_mults=mults, attention_resolutions=attn, num_classes=10, image_size=size
+    )
     x = torch.randn(3, channels, size, size)
     out = net(x, torch.tensor([0.0, 50.0, 99.5]), torch.tensor([0, 9, -1]))
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -226,8 +227,9 @@ def test_tiny_end_to_end_training_and_sampling(tmp_path):
     """A plain loop: 60 AdamW steps on digits lower the loss; the samples are images in range."""
     torch.manual_seed(0)
     train = make_image_dataset("digits", split="train")
-    obj = DiffusionObjective(ObjectiveConfig(num_train_timesteps=100, num_inference_steps=10),
-                             assigner=make_assigner("knn", k=4))
+    obj = DiffusionObjective(
+        ObjectiveConfig(num_train_timesteps=100, num_inference_steps=10), assigner=make_assigner("knn", k=4)
+    )
     model = ImageDiffusionModel(ImageModelConfig(base_channels=16), obj)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True, generator=seeded(0))

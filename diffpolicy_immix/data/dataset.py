@@ -290,4 +290,3 @@ class PolicyDataset(Dataset):
             f"obs {self.obs_keys} -> {self.obs_dim}, action {self.action_key!r} -> {self.action_dim}, "
             f"H={self.horizon}, To={self.n_obs_steps}, Ta={self.n_action_steps})"
         )
-

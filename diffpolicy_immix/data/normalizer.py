@@ -84,9 +84,7 @@ class LinearNormalizer(nn.Module):
                 raise ValueError(f"mode={key_mode!r} for key {key!r} is not one of {_MODES}")
             x = torch.as_tensor(value).detach()
             if x.ndim < 2:
-                raise ValueError(
-                    f"data[{key!r}] has shape {tuple(x.shape)}; expected (..., D) with at least 2 dims"
-                )
+                raise ValueError(f"data[{key!r}] has shape {tuple(x.shape)}; expected (..., D) with at least 2 dims")
             x = x.reshape(-1, x.shape[-1]).to(torch.float64)  # (N, D)
             if x.shape[0] == 0:
                 raise ValueError(f"data[{key!r}] has no rows to fit")

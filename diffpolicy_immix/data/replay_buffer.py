@@ -127,9 +127,7 @@ class ReplayBuffer:
             if keys is not None:
                 missing = [k for k in keys if k not in names]
                 if missing:
-                    raise DatasetError(
-                        f"{label}: data/{missing[0]}: no such key (available: {', '.join(names)})"
-                    )
+                    raise DatasetError(f"{label}: data/{missing[0]}: no such key (available: {', '.join(names)})")
                 names = list(keys)
             arrays: dict[str, Any] = {k: data_group[k] for k in names}
             if in_memory:
@@ -146,9 +144,7 @@ class ReplayBuffer:
         return cls(arrays, summary["episode_ends"], attrs, path=path, store=store)
 
     @classmethod
-    def from_episodes(
-        cls, episodes: list[Mapping[str, Any]], attrs: Mapping[str, Any] | None = None
-    ) -> ReplayBuffer:
+    def from_episodes(cls, episodes: list[Mapping[str, Any]], attrs: Mapping[str, Any] | None = None) -> ReplayBuffer:
         """An in-memory buffer from a list of episodes (dict key -> array (T_i, ...)), checked like
         :meth:`ReplayBufferWriter.add_episode`."""
         if not episodes:
@@ -298,8 +294,7 @@ def _check_episode(
     if set(arrays) != set(spec):
         missing, extra = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
         raise DatasetError(
-            f"{label}: episode {index}: keys differ from the first episode's "
-            f"(missing {missing}, extra {extra})"
+            f"{label}: episode {index}: keys differ from the first episode's (missing {missing}, extra {extra})"
         )
     lengths = {k: a.shape[0] if a.ndim else 0 for k, a in arrays.items()}
     if len(set(lengths.values())) != 1:
@@ -316,16 +311,13 @@ def _check_episode(
             )
         if a.dtype != dtype:
             if not np.can_cast(a.dtype, dtype, casting="same_kind"):
-                raise DatasetError(
-                    f"{label}: data/{k}: episode {index} has dtype {a.dtype}, cannot cast to {dtype}"
-                )
+                raise DatasetError(f"{label}: data/{k}: episode {index} has dtype {a.dtype}, cannot cast to {dtype}")
             a = a.astype(dtype)
         if dtype.kind == "f":
             ok = np.isfinite(a.reshape(len(a), -1)).all(axis=1)
             if not ok.all():
                 raise DatasetError(
-                    f"{label}: data/{k}: episode {index} has a non-finite value at step "
-                    f"{int(np.flatnonzero(~ok)[0])}"
+                    f"{label}: data/{k}: episode {index} has a non-finite value at step {int(np.flatnonzero(~ok)[0])}"
                 )
         out[k] = np.ascontiguousarray(a)
     return out, spec

@@ -161,9 +161,7 @@ class SequenceSampler:
         rows = np.clip(raw, self._lo[idx, None], self._hi[idx, None])  # (B, H) edge padding
         return rows, rows != raw
 
-    def sample(
-        self, indices: Any, keys: Sequence[str] | None = None
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def sample(self, indices: Any, keys: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Windows ``indices`` (int array (B,)) of ``keys`` (default all arrays).
 
         Returns:

@@ -196,8 +196,7 @@ def check_finite(label: str, arrays: Mapping[str, Any], episode_ends: np.ndarray
             ep = int(np.searchsorted(episode_ends, t, side="right"))
             ep_start = int(episode_ends[ep - 1]) if ep > 0 else 0
             raise DatasetError(
-                f"{label}: data/{key}: non-finite value {value} at index {t} "
-                f"(episode {ep}, step {t - ep_start})"
+                f"{label}: data/{key}: non-finite value {value} at index {t} (episode {ep}, step {t - ep_start})"
             )
 
 

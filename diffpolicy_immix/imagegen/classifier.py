@@ -107,15 +107,20 @@ def _gn(ch: int) -> nn.GroupNorm:
 class ImageClassifier(nn.Module):
     """Small CNN: images (B, C, H, W) in [-1, 1] -> logits (B, K); ``features`` gives (B, F)."""
 
-    def __init__(self, in_channels: int, num_classes: int, channels: tuple[int, ...] = (32, 64, 128),
-                 feature_dim: int = 64):
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: tuple[int, ...] = (32, 64, 128), feature_dim: int = 64
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.num_classes = num_classes
         c0 = channels[0]
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, c0, 3, padding=1), _gn(c0), nn.ReLU(),
-            nn.Conv2d(c0, c0, 3, padding=1), _gn(c0), nn.ReLU(),
+            nn.Conv2d(in_channels, c0, 3, padding=1),
+            _gn(c0),
+            nn.ReLU(),
+            nn.Conv2d(c0, c0, 3, padding=1),
+            _gn(c0),
+            nn.ReLU(),
         ]
         prev = c0
         for ch in channels[1:]:
@@ -237,9 +242,7 @@ def _train(
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total)))
     model.train()
     bar = tqdm(total=total, desc=f"classifier[{train.name}]", disable=not progress, leave=False)
     for _ in range(cfg.epochs):

@@ -375,9 +375,7 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def load_cifar10_dataset(
-    root: str | Path, split: str = "train", image_size: int | None = None
-) -> ImageDataset:
+def load_cifar10_dataset(root: str | Path, split: str = "train", image_size: int | None = None) -> ImageDataset:
     """CIFAR-10 from the python version's pickle batches.
 
     ``root`` is ``cifar-10-batches-py/`` or its parent. Train = ``data_batch_1..5``, test = ``test_batch``.

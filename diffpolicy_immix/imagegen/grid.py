@@ -150,8 +150,9 @@ def sample_and_score(
     for lo in range(0, n, batch_size):
         lab = labels[lo : lo + batch_size] if labels is not None else None
         m = min(batch_size, n - lo)
-        chunks.append(net.sample(m, labels=lab, generator=generator, guidance_scale=guidance_scale,
-                                 num_steps=num_steps).cpu())
+        chunks.append(
+            net.sample(m, labels=lab, generator=generator, guidance_scale=guidance_scale, num_steps=num_steps).cpu()
+        )
     images = torch.cat(chunks)  # (n, C, H, W)
     out: dict[str, float] = {
         "n_samples": float(n),
@@ -210,5 +211,6 @@ class ImageEvaluator:
         gen = torch.Generator(device=net.device).manual_seed(self.seed)
         grid = self.grid_dir / f"samples_{self.calls:04d}.png" if self.grid_dir is not None else None
         self.calls += 1
-        return sample_and_score(net, self.n, self.classifier_fd, self.guidance_scale, gen,
-                                num_steps=self.num_steps, grid_path=grid)
+        return sample_and_score(
+            net, self.n, self.classifier_fd, self.guidance_scale, gen, num_steps=self.num_steps, grid_path=grid
+        )

@@ -78,18 +78,14 @@ def frechet_distance(
         raise ValueError(f"frechet_distance: mean shapes differ: {mu1.shape} vs {mu2.shape}")
     d = mu1.shape[0]
     if sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(
-            f"frechet_distance: covariance shapes {sigma1.shape}, {sigma2.shape} must be ({d}, {d})"
-        )
+        raise ValueError(f"frechet_distance: covariance shapes {sigma1.shape}, {sigma2.shape} must be ({d}, {d})")
     diff = mu1 - mu2
     with warnings.catch_warnings():
         # Singular products are common (e.g. dead ReLU features); finiteness is checked below.
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
-        warnings.warn(
-            f"frechet_distance: covariance product is singular; adding {eps} to the diagonals", stacklevel=2
-        )
+        warnings.warn(f"frechet_distance: covariance product is singular; adding {eps} to the diagonals", stacklevel=2)
         offset = np.eye(d) * eps
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
@@ -220,9 +216,11 @@ def inception_fid(
             "inception_fid needs torch-fidelity; install the extra: pip install 'diffpolicy-immix[fid]' "
             "(no weights are downloaded: pass weights_path)"
         ) from err
-    extractor = FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
-    ).to(device).eval()
+    extractor = (
+        FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+        .to(device)
+        .eval()
+    )
 
     def feats(images: Tensor) -> Tensor:
         out = []

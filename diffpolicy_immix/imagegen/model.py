@@ -126,13 +126,17 @@ IMAGE_MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # 28x28 MNIST: 28 -> 14 -> 7, attention at 7x7, ~1.2 M parameters.
     "mnist": dict(in_channels=1, image_size=28, num_classes=10, channel_mults=(1, 2, 2), attention_resolutions=(7,)),
     # 32x32 CIFAR-10 (CPU-sized; the benchmark's config): 32 -> 16 -> 8, attention at 8x8, ~1.2 M parameters.
-    "cifar10": dict(
-        in_channels=3, image_size=32, num_classes=10, channel_mults=(1, 2, 2), attention_resolutions=(8,)
-    ),
+    "cifar10": dict(in_channels=3, image_size=32, num_classes=10, channel_mults=(1, 2, 2), attention_resolutions=(8,)),
     # A larger CIFAR-10 model for a GPU: 64 base channels, 2 blocks per level, ~9.5 M parameters.
     "cifar10-gpu": dict(
-        in_channels=3, image_size=32, num_classes=10, base_channels=64, channel_mults=(1, 2, 2, 2),
-        num_res_blocks=2, attention_resolutions=(16,), dropout=0.1,
+        in_channels=3,
+        image_size=32,
+        num_classes=10,
+        base_channels=64,
+        channel_mults=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16,),
+        dropout=0.1,
     ),
 }
 
@@ -285,8 +289,9 @@ class ImageDiffusionModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            x = self.objective.sample(model_fn, (n, *self.image_shape), cond=lab, generator=generator,
-                                      num_steps=num_steps, device=self.device)
+            x = self.objective.sample(
+                model_fn, (n, *self.image_shape), cond=lab, generator=generator, num_steps=num_steps, device=self.device
+            )
         finally:
             self.train(was_training)
         return x.clamp(-1.0, 1.0)

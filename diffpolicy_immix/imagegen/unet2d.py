@@ -197,9 +197,7 @@ class UNet2D(nn.Module):
             )
         emb_dim = time_embed_dim or 4 * base_channels
         self.base_channels = base_channels
-        self.time_mlp = nn.Sequential(
-            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Row num_classes is the learned null class (unconditional / classifier-free guidance).
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
 
@@ -265,9 +263,7 @@ class UNet2D(nn.Module):
         else:
             labels = class_labels.to(device=t.device, dtype=torch.long)
             if labels.shape != t.shape:
-                raise ValueError(
-                    f"UNet2D: class_labels shape {tuple(labels.shape)} must be (B,)={tuple(t.shape)}"
-                )
+                raise ValueError(f"UNet2D: class_labels shape {tuple(labels.shape)} must be (B,)={tuple(t.shape)}")
             if bool((labels > self.null_class).any()):
                 raise ValueError(
                     f"UNet2D: class label {int(labels.max())} out of range; valid 0..{self.num_classes - 1}, "

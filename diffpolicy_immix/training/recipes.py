@@ -210,7 +210,9 @@ def _image_parts(cfg: dict[str, Any], out_dir: Path | None, trainer_ref: list[Tr
     evaluate = None
     if int(ev.get("n_samples", 0)) > 0:
         metric = ClassifierFD.from_dataset(
-            str(task["dataset"]), root=task.get("root"), image_size=task.get("image_size"),
+            str(task["dataset"]),
+            root=task.get("root"),
+            image_size=task.get("image_size"),
             **dict(task.get("dataset_options") or {}),
         )
         evaluate = ImageEvaluator(
@@ -262,7 +264,13 @@ def run_training(cfg: dict[str, Any]) -> dict[str, Any]:
     model, train_ds, val_ds, evaluate, trainer_ref = build_run(cfg, out_dir)
     full = dict(cfg, out_dir=str(out_dir))
     trainer = Trainer(
-        model, train_ds, tcfg, out_dir, evaluate_fn=evaluate, val_dataset=val_ds, full_config=full,
+        model,
+        train_ds,
+        tcfg,
+        out_dir,
+        evaluate_fn=evaluate,
+        val_dataset=val_ds,
+        full_config=full,
         resume=bool(cfg.get("resume", False)),
     )
     trainer_ref.append(trainer)
@@ -274,7 +282,9 @@ def run_training(cfg: dict[str, Any]) -> dict[str, Any]:
     return final
 
 
-def load_model(checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(
+    checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from a checkpoint alone (its saved configuration), EMA weights by default.
 
     Returns:
@@ -306,4 +316,3 @@ def _policy_dims(state: dict[str, torch.Tensor], checkpoint: str | Path) -> tupl
         return int(state["normalizer.params.obs.scale"].shape[0]), int(state["normalizer.params.action.scale"].shape[0])
     except KeyError as err:
         raise ValueError(f"{checkpoint}: no normalizer for {err.args[0]!r} in the model weights") from None
-
