@@ -196,7 +196,10 @@ class NearestOfK(Assigner):
     """Brute force only: candidate elements materialized at once (bounds memory; 2**25 floats = 128 MiB)."""
 
     _METHODS: ClassVar[tuple[str, ...]] = ("auto", "projection", "bruteforce")
+    # Crossovers: CPU measured with scripts/bench_assign.py (2-core EPYC: brute force wins up to about
+    # 64k candidate elements); the CUDA bound follows the reference timings in DESIGN.md, untuned here.
     _CUDA_BRUTEFORCE_MAX_KD: ClassVar[int] = 32768
+    _CPU_BRUTEFORCE_MAX_ELEMENTS: ClassVar[int] = 65536
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -207,12 +210,17 @@ class NearestOfK(Assigner):
             raise ValueError(f"knn option max_elements={self.max_elements} is invalid; it must be >= 1")
 
     def resolve_method(self, x0: Tensor) -> str:
-        """The path ``auto`` takes for this batch."""
+        """The path ``auto`` takes for this batch: brute force where materializing the candidates is
+        cheaper than the projection's fixed cost of several small kernels (tiny CPU batches; small
+        ``k * D`` on CUDA), the projection everywhere else."""
         if self.method != "auto":
             return self.method
         dim = math.prod(x0.shape[1:])
-        small = self.k * dim <= self._CUDA_BRUTEFORCE_MAX_KD
-        return "bruteforce" if (x0.device.type == "cuda" and small) else "projection"
+        if x0.device.type == "cuda":
+            small = self.k * dim <= self._CUDA_BRUTEFORCE_MAX_KD
+        else:
+            small = x0.shape[0] * self.k * dim <= self._CPU_BRUTEFORCE_MAX_ELEMENTS
+        return "bruteforce" if small else "projection"
 
     def _assign(self, x0: Tensor, generator: torch.Generator) -> Tensor:
         if self.k == 1:
