@@ -300,7 +300,8 @@ def test_every_packaged_experiment_composes(tmp_path):
 
 
 def test_plan_runs_differ_only_by_method_and_refuse_a_changed_run(tmp_path):
-    spec = load_experiment("reach_around", [f"out_root={tmp_path}", "seeds=2"])
+    budget = "extra=[train.steps=3000, train.eval_every=250]"  # pinned: independent of the packaged budget
+    spec = load_experiment("reach_around", [f"out_root={tmp_path}", "seeds=2", budget])
     plans = plan_runs(spec)
     assert [(p.label, p.seed) for p in plans[:5]] == [
         ("none", 0),
