@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
@@ -140,7 +142,8 @@ def _train(cfg: Any) -> None:
     from diffpolicy_immix.training.recipes import run_training
 
     final = run_training(_plain(cfg))
-    _print_metrics(f"finished {final['out_dir']}: ", final)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        _print_metrics(f"finished {final['out_dir']}: ", final)
 
 
 def train() -> None:
@@ -148,13 +151,8 @@ def train() -> None:
     run_hydra("dpi_train", _train)
 
 
-def _evaluate(cfg: Any) -> None:
-    import csv
-    import json
-    import os
-    from pathlib import Path
-
-    from diffpolicy_immix.evaluation import rollout_episodes, summarize_episodes
+def _load_trained(cfg: Any, kind: str, other_command: str) -> tuple[Path, torch.device, Any, dict[str, Any]]:
+    """(checkpoint path, device, model with EMA weights unless ema=false, run config) for dpi-eval/dpi-sample."""
     from diffpolicy_immix.training.recipes import load_model
     from diffpolicy_immix.training.trainer import resolve_device
 
@@ -163,9 +161,20 @@ def _evaluate(cfg: Any) -> None:
         raise FileNotFoundError(f"checkpoint={ckpt} does not exist")
     device = resolve_device(str(cfg.device))
     model, run_cfg = load_model(ckpt, use_ema=bool(cfg.ema), device=device)
+    found = run_cfg["task"].get("kind", "policy")
+    if found != kind:
+        raise ValueError(f"{ckpt} holds a {found} model; use {other_command} for it")
+    return ckpt, device, model, run_cfg
+
+
+def _evaluate(cfg: Any) -> None:
+    import csv
+    import json
+
+    from diffpolicy_immix.evaluation import rollout_episodes, summarize_episodes
+
+    ckpt, device, model, run_cfg = _load_trained(cfg, "policy", "dpi-sample")
     task = run_cfg["task"]
-    if task.get("kind", "policy") != "policy":
-        raise ValueError(f"{ckpt} is a {task.get('kind')} model; use dpi-sample for image models")
     out = Path(str(cfg.out)) if cfg.out else ckpt.parent.parent / "eval" / ckpt.stem
     out.mkdir(parents=True, exist_ok=True)
     episodes = rollout_episodes(
@@ -201,28 +210,12 @@ def evaluate() -> None:
 
 
 def _sample(cfg: Any) -> None:
-    from pathlib import Path
+    from diffpolicy_immix.imagegen import sample_and_score
+    from diffpolicy_immix.training.recipes import image_metric
 
-    from diffpolicy_immix.imagegen import ClassifierFD, sample_and_score
-    from diffpolicy_immix.training.recipes import load_model
-    from diffpolicy_immix.training.trainer import resolve_device
-
-    ckpt = Path(str(cfg.checkpoint))
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint={ckpt} does not exist")
-    device = resolve_device(str(cfg.device))
-    model, run_cfg = load_model(ckpt, use_ema=bool(cfg.ema), device=device)
+    ckpt, device, model, run_cfg = _load_trained(cfg, "image", "dpi-eval")
     task = run_cfg["task"]
-    if task.get("kind") != "image":
-        raise ValueError(f"{ckpt} is a {task.get('kind', 'policy')} model; use dpi-eval for policies")
-    metric = None
-    if cfg.metrics:
-        metric = ClassifierFD.from_dataset(
-            str(task["dataset"]),
-            root=task.get("root"),
-            image_size=task.get("image_size"),
-            **dict(task.get("dataset_options") or {}),
-        )
+    metric = image_metric(task) if cfg.metrics else None
     out = Path(str(cfg.out)) if cfg.out else ckpt.parent.parent / "samples" / f"{ckpt.stem}-n{cfg.n}.png"
     guidance = cfg.guidance_scale if cfg.guidance_scale is not None else task.get("eval", {}).get("guidance_scale")
     metrics = sample_and_score(

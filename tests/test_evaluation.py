@@ -87,15 +87,6 @@ class TinyEnv(gym.Env):
 gym.register(TINY_ID, entry_point=TinyEnv, max_episode_steps=TINY_MAX_STEPS, disable_env_checker=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny policies run fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class PushRight:
     """A scripted policy: always action +1; counts resets and calls."""
 

@@ -21,15 +21,6 @@ from diffpolicy_immix.imagegen import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """These tensors are tiny: one thread is faster and does not fight other processes for cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ------------------------------------------------------------------------------------------ helpers
 def write_idx(path, array: np.ndarray, gz: bool = False, magic: int | None = None) -> None:
     code = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}[array.dtype]

@@ -31,15 +31,6 @@ def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """These tensors are tiny: one thread is faster and does not fight other processes for cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # -------------------------------------------------------------------------------- Fréchet distance
 def test_frechet_distance_closed_form_shared_eigenbasis():
     # S1 = R diag(a) R^T, S2 = R diag(b) R^T  =>  FD = |m1 - m2|^2 + sum (sqrt(a) - sqrt(b))^2

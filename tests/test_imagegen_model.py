@@ -17,15 +17,6 @@ from diffpolicy_immix.imagegen import (
 from diffpolicy_immix.immiscible import make_assigner
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """These tensors are tiny: one thread is faster and does not fight other processes for cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

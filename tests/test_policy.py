@@ -25,15 +25,6 @@ from diffpolicy_immix.policy import unet1d as unet_module
 OBS_DIM, ACT_DIM = 3, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(horizon=8, n_obs_steps=2, n_action_steps=4, down_dims=(16, 32), diffusion_step_embed_dim=16)
 
 

@@ -27,12 +27,16 @@ from .trainer import Trainer, seed_everything
 
 __all__ = [
     "assign_label",
+    "build_image_model",
     "build_run",
     "default_out_dir",
     "ensure_demonstrations",
+    "image_metric",
     "load_model",
     "make_objective",
+    "policy_evaluator",
     "run_training",
+    "train_config",
 ]
 
 TASK_KINDS = ("policy", "image")
@@ -172,14 +176,13 @@ def policy_evaluator(cfg: dict[str, Any], out_dir: Path | None, trainer_ref: lis
 # -- images -----------------------------------------------------------------------------------------
 
 
-def _image_datasets(task: dict[str, Any]) -> tuple[Any, Any]:
+def _image_train_set(task: dict[str, Any]) -> Any:
     from diffpolicy_immix.imagegen import make_image_dataset
 
     opts = dict(task.get("dataset_options") or {})
-    common = dict(root=task.get("root"), image_size=task.get("image_size"), **opts)
-    train = make_image_dataset(str(task["dataset"]), split="train", **common)
-    test = make_image_dataset(str(task["dataset"]), split="test", **common)
-    return train, test
+    return make_image_dataset(
+        str(task["dataset"]), split="train", root=task.get("root"), image_size=task.get("image_size"), **opts
+    )
 
 
 def build_image_model(cfg: dict[str, Any]) -> nn.Module:
@@ -194,11 +197,23 @@ def build_image_model(cfg: dict[str, Any]) -> nn.Module:
     return ImageDiffusionModel(model_cfg, objective)
 
 
-def _image_parts(cfg: dict[str, Any], out_dir: Path | None, trainer_ref: list[Trainer]) -> tuple[Any, ...]:
-    from diffpolicy_immix.imagegen import ClassifierFD, ImageEvaluator
+def image_metric(task: dict[str, Any]) -> Any:
+    """The task's classifier Fréchet distance (the classifier is trained once and cached)."""
+    from diffpolicy_immix.imagegen import ClassifierFD
+
+    return ClassifierFD.from_dataset(
+        str(task["dataset"]),
+        root=task.get("root"),
+        image_size=task.get("image_size"),
+        **dict(task.get("dataset_options") or {}),
+    )
+
+
+def _image_parts(cfg: dict[str, Any], out_dir: Path | None) -> tuple[Any, ...]:
+    from diffpolicy_immix.imagegen import ImageEvaluator
 
     task = cfg["task"]
-    train, test = _image_datasets(task)
+    train = _image_train_set(task)
     channels, height, _ = train.image_shape
     overrides = task.setdefault("model_overrides", {}) or {}
     overrides.setdefault("in_channels", channels)
@@ -209,12 +224,7 @@ def _image_parts(cfg: dict[str, Any], out_dir: Path | None, trainer_ref: list[Tr
     ev = task.get("eval", {})
     evaluate = None
     if int(ev.get("n_samples", 0)) > 0:
-        metric = ClassifierFD.from_dataset(
-            str(task["dataset"]),
-            root=task.get("root"),
-            image_size=task.get("image_size"),
-            **dict(task.get("dataset_options") or {}),
-        )
+        metric = image_metric(task)
         evaluate = ImageEvaluator(
             metric,
             n=int(ev["n_samples"]),
@@ -244,7 +254,7 @@ def build_run(cfg: dict[str, Any], out_dir: Path | None = None) -> tuple[nn.Modu
         model = _build_policy(cfg, train_ds.obs_dim, train_ds.action_dim, train_ds.get_normalizer())
         evaluate = policy_evaluator(cfg, out_dir, trainer_ref) if cfg["task"].get("eval", {}).get("episodes") else None
         return model, train_ds, val_ds, evaluate, trainer_ref
-    model, train_ds, val_ds, evaluate = _image_parts(cfg, out_dir, trainer_ref)
+    model, train_ds, val_ds, evaluate = _image_parts(cfg, out_dir)
     return model, train_ds, val_ds, evaluate, trainer_ref
 
 
