@@ -39,13 +39,19 @@ def test_global_lsa_on_two_ranks_equals_single_process_lsa_on_the_concatenated_b
         assert lsa[metric]["shape_kept"], metric
         # one global solve is at least as good as two per-rank solves
         assert lsa[metric]["global_cost"] <= lsa[metric]["per_rank_cost"] + 1e-5, metric
+    assert lsa["uneven"] == {"3-5": True, "0-4": True}  # different batch sizes per rank, one empty
+
+
+def test_core_lsa_assigner_is_global_under_ddp_and_local_inside_local_assignment(ddp_run):
+    lsa = json.loads((ddp_run / "lsa.json").read_text())["assigner"]
+    assert lsa == {"equal": True, "collective": True, "local_inside_block": True}
 
 
 def test_ddp_training_ends_with_identical_weights_on_both_ranks(ddp_run):
     r0 = torch.load(ddp_run / "rank0.pt", weights_only=True)
     r1 = torch.load(ddp_run / "rank1.pt", weights_only=True)
-    assert r0["swapped"] and r1["swapped"]  # lsa became the global assigner under DDP
-    assert r0["restored_local"] and r1["restored_local"]  # and the local one is back after training
+    assert r0["global_in_training"] and r1["global_in_training"]  # lsa assigns over both ranks by itself
+    assert r0["local_after_training"] and r1["local_after_training"]  # and locally once the group is gone
     assert r0["changed"] and r0["final_step"] == r1["final_step"] == 6
     for key, value in r0["state"].items():
         assert torch.equal(value, r1["state"][key]), key

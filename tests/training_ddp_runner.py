@@ -3,9 +3,11 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/training_ddp_runner.py OUT
 
 1. Global LSA on given noise: each rank passes its slice of shared (x0, noise); the gathered result must
-   equal a single-process LSA on the concatenated batch with the same noise.
-2. DDP training of a toy model whose assigner is ``lsa`` (swapped for the global one) with the trainer's
-   own process-group start and shutdown.
+   equal a single-process LSA on the concatenated batch with the same noise -- also with different batch
+   sizes per rank (one of them empty), through the core's ``lsa`` assigner (``process_group="auto"``),
+   and locally inside ``local_assignment()``.
+2. DDP training of a toy model whose assigner is the core's ``lsa`` (global by itself under DDP, nothing
+   swapped) with the trainer's own process-group start and shutdown.
 Each rank writes ``OUT/rank<r>.pt`` (final weights, its per-step losses) and rank 0 ``OUT/lsa.json``.
 """
 
@@ -19,8 +21,14 @@ import torch
 import torch.distributed as dist
 from training_toys import ToyBatchData, ToyModel, make_evaluate_fn, toy_points
 
-from diffpolicy_immix.immiscible import pairwise_cost, solve_assignment
-from diffpolicy_immix.training import GlobalLSAAssigner, TrainConfig, Trainer, global_lsa_noise, seed_everything
+from diffpolicy_immix.immiscible import (
+    global_lsa_noise,
+    local_assignment,
+    make_assigner,
+    pairwise_cost,
+    solve_assignment,
+)
+from diffpolicy_immix.training import TrainConfig, Trainer, seed_everything
 
 
 class RecordingTrainer(Trainer):
@@ -40,7 +48,7 @@ def check_global_lsa(rank: int, world: int) -> dict:
         x_all = torch.rand((world * shape[0], *shape[1:]), generator=g) * 2 - 1
         noise_all = torch.randn((world * shape[0], *shape[1:]), generator=g)
         b = shape[0]
-        mine = global_lsa_noise(x_all[rank * b : (rank + 1) * b], noise_all[rank * b : (rank + 1) * b], metric=metric)
+        mine = global_lsa_noise(x_all[rank * b : (rank + 1) * b], noise_all[rank * b : (rank + 1) * b], cost=metric)
         gathered = [torch.empty_like(mine) for _ in range(world)]
         dist.all_gather(gathered, mine)
         combined = torch.cat(gathered)  # (W*B, *dims)
@@ -61,7 +69,49 @@ def check_global_lsa(rank: int, world: int) -> dict:
             "global_cost": float(pairwise_cost(flat(x_all), flat(combined), metric).diagonal().sum()),
             "per_rank_cost": float(pairwise_cost(flat(x_all), flat(per_rank), metric).diagonal().sum()),
         }
+    results["uneven"] = check_uneven_batches(rank, world)
+    results["assigner"] = check_core_assigner(rank, world)
     return results
+
+
+def check_uneven_batches(rank: int, world: int) -> dict:
+    """Batch sizes 3, 5, ... and 0, 4, ... per rank: still the single-process solve on the concatenation."""
+    out = {}
+    for name, sizes in (("3-5", [3 + 2 * r for r in range(world)]), ("0-4", [4 * r for r in range(world)])):
+        g = torch.Generator().manual_seed(7)
+        x_all = torch.rand(sum(sizes), 4, generator=g) * 2 - 1
+        noise_all = torch.randn(sum(sizes), 4, generator=g)
+        lo = sum(sizes[:rank])
+        mine = global_lsa_noise(x_all[lo : lo + sizes[rank]], noise_all[lo : lo + sizes[rank]])
+        parts = [None] * world
+        dist.all_gather_object(parts, mine)
+        reference = noise_all[solve_assignment(pairwise_cost(x_all, noise_all))]
+        out[name] = bool(torch.equal(torch.cat(parts), reference))
+    return out
+
+
+def check_core_assigner(rank: int, world: int) -> dict:
+    """``make_assigner("lsa")`` with each rank's own generator equals one LSA over both ranks' draws;
+    inside ``local_assignment()`` it solves on the rank's batch alone."""
+    b = 6
+    x_all = torch.rand(world * b, 3, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assign = make_assigner("lsa")
+    mine = assign(x_all[rank * b : (rank + 1) * b], generator=torch.Generator().manual_seed(100 + rank))
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    noise_all = torch.cat(
+        [torch.randn(b, 3, 2, generator=torch.Generator().manual_seed(100 + r)) for r in range(world)]
+    )
+    reference = noise_all[solve_assignment(pairwise_cost(x_all, noise_all))]
+    with local_assignment():
+        local = assign(x_all[rank * b : (rank + 1) * b], generator=torch.Generator().manual_seed(100 + rank))
+    own = noise_all[rank * b : (rank + 1) * b]
+    local_ref = own[solve_assignment(pairwise_cost(x_all[rank * b : (rank + 1) * b], own))]
+    return {
+        "equal": bool(torch.equal(torch.cat(parts), reference)),
+        "collective": assign.requires_all_ranks(),
+        "local_inside_block": bool(torch.equal(local, local_ref)),
+    }
 
 
 def main() -> None:
@@ -81,12 +131,12 @@ def main() -> None:
         seed=5,
         diag_every=2,
     )
-    trainer = RecordingTrainer(
-        ToyModel(assigner="lsa"), ToyBatchData(x), cfg, out / "run", evaluate_fn=make_evaluate_fn(x[:8])
-    )
+    model = ToyModel()
+    model.objective.assigner = make_assigner("lsa")  # process_group="auto": global under DDP by itself
+    trainer = RecordingTrainer(model, ToyBatchData(x), cfg, out / "run", evaluate_fn=make_evaluate_fn(x[:8]))
     trainer.local_losses = []
     rank, world = dist.get_rank(), dist.get_world_size()
-    swapped = isinstance(trainer.model.objective.assigner, GlobalLSAAssigner)
+    global_in_training = trainer.model.objective.assigner.requires_all_ranks()
     lsa = check_global_lsa(rank, world)
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     final = trainer.train()  # shuts the process group down cleanly at the end
@@ -96,9 +146,8 @@ def main() -> None:
             "state": trainer.model.state_dict(),
             "losses": trainer.local_losses,
             "changed": changed,
-            "swapped": swapped,
-            "restored_local": trainer.model.objective.assigner.name == "lsa"
-            and not isinstance(trainer.model.objective.assigner, GlobalLSAAssigner),
+            "global_in_training": global_in_training,
+            "local_after_training": not trainer.model.objective.assigner.requires_all_ranks(),
             "final_step": final["step"],
         },
         out / f"rank{rank}.pt",

@@ -4,6 +4,9 @@
 x0 (B, *dims) --data_scale--> s*x0 --assigner--> noise --t ~ U--> x_t --model--> prediction --MSE--> loss
 ```
 
+With the assigner's ``t_range = (lo, hi)`` the time is drawn first, every row gets plain N(0, I) noise,
+and only the rows with ``lo <= t / T < hi`` get the assigner's noise (drawn for that subset).
+
 Two families share one interface:
 - ``ddpm``: x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) n with a discrete schedule of ``num_train_timesteps``
   steps; the model predicts ``epsilon`` (n), ``sample`` (x0) or ``v_prediction``
@@ -55,7 +58,9 @@ class ObjectiveConfig:
     num_inference_steps: int = 10
     """Sampling steps (DDIM/Euler; DDPM uses them as a strided subset of the T steps)."""
     data_scale: float = 1.0
-    """Improved Immiscible Diffusion's "image scaling": train on s * x0 (SNR x s^2), divide samples by s."""
+    """Improved Immiscible Diffusion's "image scaling": train on s * x0 (SNR x s^2), divide samples by s.
+    Assignment sees the scaled data, so a larger s makes the data-noise distances (and the assigned
+    noise's bias toward x0) larger; the noise law of each assigner is unchanged (docs/assigners.md)."""
     clip_sample: bool = True
     """ddpm: clamp the predicted x0 to +-clip_sample_range (in data units) at every sampling step, and
     recompute the predicted noise from the clamped x0."""
@@ -153,14 +158,21 @@ class DiffusionObjective(nn.Module):
             (loss, stats): scalar Tensor and a dict of floats (``loss`` and, if asked, diagnostics).
         """
         x0 = x0 * self.cfg.data_scale if self.cfg.data_scale != 1.0 else x0
-        noise = self.draw_noise(x0, generator)  # (B, *dims)
-        if generator is None:
-            generator = self.assigner.default_generator(x0.device)
+        t_range = getattr(self.assigner, "t_range", None)
+        if t_range is None:  # noise first, then time (the draw order of every run without t_range)
+            noise = self.draw_noise(x0, generator)  # (B, *dims)
+            if generator is None:
+                generator = self.assigner.default_generator(x0.device)
+            t_index, t = self._draw_time(x0, generator)
+        else:  # time first, plain noise for every row, then assigned noise for the rows inside the range
+            if generator is None:
+                generator = self.assigner.default_generator(x0.device)
+            t_index, t = self._draw_time(x0, generator)
+            fraction = t if t_index is None else t_index.double() / self.cfg.num_train_timesteps  # (B,)
+            noise = self.draw_noise_in_range(x0, fraction, t_range, generator)  # (B, *dims)
         batch = x0.shape[0]
         if self.cfg.kind == "ddpm":
-            t_index = torch.randint(
-                0, self.cfg.num_train_timesteps, (batch,), device=x0.device, generator=generator
-            )  # (B,)
+            assert t_index is not None
             ab = self._alpha_bar(t_index, x0)  # (B, 1, ...)
             x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
             target = {
@@ -170,7 +182,7 @@ class DiffusionObjective(nn.Module):
             }[self.cfg.prediction_type]
             t_model = t_index.to(x0.dtype)
         else:
-            t = torch.rand(batch, device=x0.device, generator=generator, dtype=x0.dtype)  # (B,)
+            assert t is not None
             tb = t.reshape(batch, *([1] * (x0.dim() - 1)))
             x_t = (1 - tb) * x0 + tb * noise
             target = noise - x0
@@ -185,7 +197,41 @@ class DiffusionObjective(nn.Module):
         stats: dict[str, float] = {}
         if with_stats:
             stats = miscibility_stats(x0, noise, self.cfg.stats_alpha_bars)
+            k = getattr(self.assigner, "last_k", None)
+            if k is not None:
+                stats["assign_k"] = float(k)
         return loss, stats
+
+    def _draw_time(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor | None, Tensor | None]:
+        """Training times: ddpm step indices (B,) int64 (and None), or flow times (None and) (B,) in [0, 1)."""
+        batch = x0.shape[0]
+        if self.cfg.kind == "ddpm":
+            t_index = torch.randint(0, self.cfg.num_train_timesteps, (batch,), device=x0.device, generator=generator)
+            return t_index, None
+        return None, torch.rand(batch, device=x0.device, generator=generator, dtype=x0.dtype)
+
+    def draw_noise_in_range(
+        self, x0: Tensor, fraction: Tensor, t_range: tuple[float, float], generator: torch.Generator
+    ) -> Tensor:
+        """Training noise with the assigner's ``t_range``: plain N(0, I) noise for every row is drawn first
+        (so rows outside the range get the same noise whatever the assigner), then the rows with
+        ``lo <= fraction < hi`` are replaced by the assigner's noise for that subset (``lsa`` assigns
+        within it).
+
+        Args:
+            x0: Tensor, shape (B, *dims), already multiplied by ``data_scale``.
+            fraction: Tensor, shape (B,): t / T of each row, in [0, 1).
+        Returns:
+            Tensor, shape (B, *dims).
+        """
+        work = torch.float64 if x0.dtype == torch.float64 else torch.float32  # as the assigners draw
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=work).to(x0.dtype)  # (B, *dims)
+        lo, hi = t_range
+        inside = ((fraction >= lo) & (fraction < hi)).nonzero().squeeze(1)  # (B_in,)
+        collective = getattr(self.assigner, "requires_all_ranks", lambda: False)()
+        if inside.numel() > 0 or collective:  # a collective assigner is called on every rank, even empty
+            noise[inside] = self.assigner(x0[inside], generator=generator).to(noise.dtype)
+        return noise
 
     def _alpha_bar(self, t_index: Tensor, like: Tensor) -> Tensor:
         ab = self.alphas_cumprod.to(like.device)[t_index].to(like.dtype)  # (B,)

@@ -7,6 +7,7 @@ and O(B^2) memory, never a (B, B, D) difference tensor.
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import numpy as np
 import torch
@@ -37,8 +38,8 @@ def pairwise_cost(x: Tensor, n: Tensor, metric: str = "l2", dtype: str = "float3
         raise ValueError(f"cost metric must be one of {COST_METRICS}, got {metric!r}")
     if dtype not in COST_DTYPES:
         raise ValueError(f"cost dtype must be one of {tuple(COST_DTYPES)}, got {dtype!r}")
-    x = x.reshape(x.shape[0], -1)
-    n = n.reshape(n.shape[0], -1)
+    x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit width: B or M may be 0
+    n = n.reshape(n.shape[0], math.prod(n.shape[1:]))
     if x.shape[1] != n.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features per row but n has {n.shape[1]}")
     out_dtype = torch.float64 if (x.dtype == n.dtype == torch.float64 and dtype == "float32") else torch.float32

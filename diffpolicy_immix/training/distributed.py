@@ -1,12 +1,9 @@
-"""Multi-process training under ``torchrun``: process group, metric averaging, global LSA.
+"""Multi-process training under ``torchrun``: process group, metric averaging, rank-local assignment.
 
-All collective communication of the toolkit lives here; the assignment core stays single-process.
-
-Global LSA: with W ranks and B samples per rank, each rank draws its own B noises, the noise is gathered
-to a (W*B, D) matrix, every rank computes its B rows of the global (W*B, W*B) cost with one matmul
-(``pairwise_cost``), rank 0 gathers the rows and solves the assignment once (``solve_assignment``), the
-permutation (int64) is broadcast, and rank r takes ``noise_global[perm[r*B:(r+1)*B]]``. The result equals
-a single-process LSA on the concatenated batch with the same noise.
+Assignment across ranks is the core's: an ``lsa`` assigner built with ``process_group="auto"`` (its
+default) solves one assignment over the batches of all ranks when a process group is running
+(``diffpolicy_immix.immiscible.collective``). Work that runs on rank 0 alone (evaluation) runs inside
+``local_assigner``, where no assigner communicates.
 """
 
 from __future__ import annotations
@@ -16,23 +13,19 @@ import datetime
 import gc
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from einops import rearrange
-from torch import Tensor, nn
+from torch import nn
 
 __all__ = [
     "DistInfo",
-    "GlobalLSAAssigner",
     "all_reduce_mean",
     "detect_distributed",
-    "enable_global_lsa",
     "gather_to_main",
-    "global_lsa_noise",
     "init_distributed",
     "local_assigner",
     "shutdown_distributed",
@@ -135,164 +128,14 @@ def broadcast_from_main(obj: Any) -> Any:
     return box[0]
 
 
-# ---------------------------------------------------------------------------------------------- global LSA
-
-
-def _core_cost_and_solve() -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
-    from diffpolicy_immix.immiscible import pairwise_cost, solve_assignment
-
-    return pairwise_cost, solve_assignment
-
-
-@torch.no_grad()
-def global_lsa_noise(
-    x0: Tensor,
-    noise: Tensor,
-    *,
-    metric: str = "l2",
-    cost_kwargs: dict[str, Any] | None = None,
-    solve_kwargs: dict[str, Any] | None = None,
-    cost_fn: Callable[..., Tensor] | None = None,
-    solve_fn: Callable[..., Tensor] | None = None,
-) -> Tensor:
-    """This rank's slice of the assignment of all ranks' noise to all ranks' data.
-
-    Every rank must call it with the same B (the trainer drops partial batches).
-
-    Args:
-        x0: Tensor, shape (B, *dims): this rank's data.
-        noise: Tensor, shape (B, *dims): this rank's Gaussian noise.
-        metric: cost metric passed to ``pairwise_cost`` ("l2" or "sqeuclidean").
-        cost_fn, solve_fn: default to the core's ``pairwise_cost`` and ``solve_assignment``.
-    Returns:
-        Tensor, shape (B, *dims): rows ``perm[rank*B:(rank+1)*B]`` of the gathered noise.
-    """
-    if cost_fn is None or solve_fn is None:
-        core_cost_fn, core_solve_fn = _core_cost_and_solve()
-        cost_fn = cost_fn or core_cost_fn
-        solve_fn = solve_fn or core_solve_fn
-    if x0.shape != noise.shape:
-        raise ValueError(f"global LSA: x0 shape {tuple(x0.shape)} differs from noise shape {tuple(noise.shape)}")
-    if not (dist.is_available() and dist.is_initialized()):
-        world, rank = 1, 0
-    else:
-        world, rank = dist.get_world_size(), dist.get_rank()
-    batch = x0.shape[0]
-    noise_flat = rearrange(noise, "b ... -> b (...)").contiguous()  # (B, D)
-    if world > 1:
-        gathered = [torch.empty_like(noise_flat) for _ in range(world)]
-        dist.all_gather(gathered, noise_flat)
-        noise_global = torch.cat(gathered)  # (W*B, D)
-    else:
-        noise_global = noise_flat
-    x_flat = rearrange(x0, "b ... -> b (...)")  # (B, D)
-    cost_rows = cost_fn(x_flat, noise_global, metric, **(cost_kwargs or {})).contiguous()  # (B, W*B)
-    if world > 1:
-        rows = [torch.empty_like(cost_rows) for _ in range(world)] if rank == 0 else None
-        dist.gather(cost_rows, rows, dst=0)
-    else:
-        rows = [cost_rows]
-    perm = torch.empty(world * batch, dtype=torch.int64, device=x0.device)
-    if rank == 0:
-        assert rows is not None
-        cost = torch.cat(rows)  # (W*B, W*B)
-        perm.copy_(solve_fn(cost, **(solve_kwargs or {})).to(torch.int64))
-    if world > 1:
-        dist.broadcast(perm, src=0)
-    local = noise_global[perm[rank * batch : (rank + 1) * batch]]  # (B, D)
-    return local.reshape(noise.shape)
-
-
-class GlobalLSAAssigner:
-    """Drop-in replacement for the ``lsa`` assigner that solves one assignment across all ranks.
-
-    Same callable contract as a core assigner: ``assign(x0, generator=None) -> noise`` (B, *dims). The
-    local noise is drawn by a ``none`` (plain Gaussian) assigner from ``generator``, which must differ
-    between ranks (the trainer seeds rank r with seed + r). ``.name`` stays ``"lsa"``; ``.options`` are
-    the local assigner's plus ``global_world_size``.
-
-    Args:
-        local: the single-process ``lsa`` assigner being replaced (kept for ``local_assigner``).
-        draw_noise: ``draw(x0, generator) -> noise``; default: the core's ``none`` assigner.
-    """
-
-    name = "lsa"
-
-    def __init__(self, local: Any, draw_noise: Callable[..., Tensor] | None = None) -> None:
-        self.local = local
-        options = dict(getattr(local, "options", {}) or {})
-        self.metric = options.get("cost", options.get("metric", "l2"))
-        self.cost_kwargs = {"dtype": options["cost_dtype"]} if "cost_dtype" in options else {}
-        self.solve_kwargs = {"solver": options["solver"]} if "solver" in options else {}
-        self._draw = draw_noise
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.options = {**options, "global_world_size": world}
-
-    def default_generator(self, device: torch.device | str) -> torch.Generator:
-        """The local assigner's private generator (used by callers that pass no generator)."""
-        return self.local.default_generator(device)
-
-    def _draw_noise(self, x0: Tensor, generator: torch.Generator | None) -> Tensor:
-        if generator is None and hasattr(self.local, "default_generator"):
-            generator = self.default_generator(x0.device)
-        if self._draw is None:
-            from diffpolicy_immix.immiscible import make_assigner
-
-            self._draw = make_assigner("none")
-        return self._draw(x0, generator)
-
-    def __call__(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Noise (B, *dims) for this rank's x0 (B, *dims), globally assigned."""
-        noise = self._draw_noise(x0, generator)
-        out = global_lsa_noise(
-            x0.detach(),
-            noise,
-            metric=self.metric,
-            cost_kwargs=self.cost_kwargs,
-            solve_kwargs=self.solve_kwargs,
-        )
-        return out.to(x0.dtype)
-
-    def __repr__(self) -> str:
-        return f"GlobalLSAAssigner(local={self.local!r})"
-
-
-def _objective_of(model: nn.Module) -> Any:
-    return getattr(model, "objective", None)
-
-
-def enable_global_lsa(model: nn.Module, info: DistInfo) -> bool:
-    """Swap ``model.objective.assigner`` for a ``GlobalLSAAssigner`` when it is ``lsa`` and W > 1."""
-    objective = _objective_of(model)
-    assigner = getattr(objective, "assigner", None)
-    if not info.is_distributed or assigner is None or getattr(assigner, "name", None) != "lsa":
-        return False
-    if isinstance(assigner, GlobalLSAAssigner):
-        return True
-    objective.assigner = GlobalLSAAssigner(assigner)
-    if info.is_main:
-        log.info("lsa assignment is solved globally across %d ranks", info.world_size)
-    return True
-
-
-def disable_global_lsa(model: nn.Module) -> None:
-    """Put the single-process assigner back (after training, so the model works in one process)."""
-    objective = _objective_of(model)
-    assigner = getattr(objective, "assigner", None)
-    if isinstance(assigner, GlobalLSAAssigner):
-        objective.assigner = assigner.local
+# ------------------------------------------------------------------------------ assignment under DDP
 
 
 @contextlib.contextmanager
-def local_assigner(model: nn.Module) -> Iterator[None]:
-    """Use the single-process assigner inside the block (rank-0-only evaluation must not communicate)."""
-    objective = _objective_of(model)
-    assigner = getattr(objective, "assigner", None)
-    if not isinstance(assigner, GlobalLSAAssigner):
+def local_assigner(model: nn.Module | None = None) -> Iterator[None]:
+    """Inside the block every assigner of the core assigns within its own batch and makes no collective
+    call (``immiscible.local_assignment``): for rank-0-only work such as evaluation. ``model`` is unused."""
+    from diffpolicy_immix.immiscible import local_assignment
+
+    with local_assignment():
         yield
-        return
-    objective.assigner = assigner.local
-    try:
-        yield
-    finally:
-        objective.assigner = assigner
