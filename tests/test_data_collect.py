@@ -10,6 +10,7 @@ import pytest
 
 import diffpolicy_immix
 from diffpolicy_immix.data import PolicyDataset, ReplayBuffer, collect_demonstrations, validate_store
+from diffpolicy_immix.errors import UserError
 
 
 class FakeReachEnv(gym.Env):
@@ -174,7 +175,7 @@ def test_collect_failures_never_leave_a_store(tmp_path: Path) -> None:
     np.testing.assert_array_equal(after["obs"], before["obs"])
     # nothing succeeded: nothing written
     first_bad = next(s for s in range(200) if not _would_succeed(s) and not _would_succeed(s + 1))
-    with pytest.raises(RuntimeError, match=r"0 of 2 episodes succeeded .*nothing written"):
+    with pytest.raises(UserError, match=r"0 of 2 episodes succeeded .*nothing written"):
         collect_demonstrations(
             "test/FakeReach-v0",
             tmp_path / "none.zarr",
@@ -206,3 +207,28 @@ def test_collect_real_reach_around(tmp_path: Path) -> None:
     assert buf.attrs["task"] == "immix/ReachAround-v0"
     assert buf["obs"].ndim == 2 and buf["action"].ndim == 2
     assert buf["obs"].dtype == np.float32
+
+
+def test_collection_removes_leftovers_of_a_killed_collection(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    leftovers = [tmp_path / f"demo.zarr.tmp-{pid}-0", tmp_path / f"demo.zarr.old-{pid}"]
+    for path in leftovers:
+        (path / "data").mkdir(parents=True)
+    other = tmp_path / f"other.zarr.tmp-{pid}-0"  # another store's leftover is not this collection's business
+    other.mkdir()
+    with pytest.warns(UserWarning, match="removed leftovers of a killed collection"):
+        collect_demonstrations(
+            "test/FakeReach-v0",
+            tmp_path / "demo.zarr",
+            2,
+            max_steps=20,
+            env_fn=FakeReachEnv,
+            expert=FakeExpert(),
+            progress=False,
+            keep_failed=True,
+        )
+    assert not any(p.exists() for p in leftovers) and other.exists()
+    assert validate_store(tmp_path / "demo.zarr")["n_episodes"] >= 1

@@ -78,6 +78,11 @@ def test_threshold_definitions_for_both_directions():
     fd = np.array([[40.0, 10.0, 5.0], [60.0, 12.0, 7.0]])  # final mean 6, first 50
     assert compute_threshold(fd, 0.9, False, "ratio") == pytest.approx(6.0 / 0.9)
     assert compute_threshold(fd, 0.75, False, "progress") == pytest.approx(50.0 - 0.75 * 44.0)
+    # absolute: the level itself (a competence threshold), whatever the baseline reached
+    assert compute_threshold(base, 0.95, True, "absolute") == 0.95
+    assert compute_threshold(fd, 12.5, False, "absolute") == 12.5
+    with pytest.raises(ValueError, match="threshold_mode='fixed'"):
+        compute_threshold(base, 0.9, True, "fixed")
     # first crossing: >= for higher-is-better, <= for lower-is-better; inf when never
     assert time_to_threshold(np.array([10, 20, 30]), np.array([0.1, 0.7, 0.9]), 0.7, True) == 20
     assert time_to_threshold(np.array([10, 20, 30]), np.array([9.0, 8.0, 6.5]), 6.6, False) == 30
@@ -247,7 +252,8 @@ def _spec(**kw):
         ("seeds", 0, "experiment.seeds=0"),
         ("seeds", [1, 1], "experiment.seeds=[1, 1]"),
         ("threshold", 1.5, "experiment.threshold=1.5"),
-        ("threshold_mode", "absolute", "experiment.threshold_mode='absolute'"),
+        ("threshold_mode", "fixed", "experiment.threshold_mode='fixed'"),
+        ("threshold", float("nan"), "experiment.threshold=nan"),
         ("baseline", "vanilla", "experiment.baseline='vanilla'"),
         ("parallel", 0, "experiment.parallel=0"),
         ("threads", 0, "experiment.threads=0"),
@@ -265,6 +271,12 @@ def test_spec_validation_names_the_field(field, value, message):
     with pytest.raises(ValueError) as err:
         _spec(**{field: value})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_absolute_threshold_is_a_level_not_a_fraction():
+    assert _spec(threshold=12.5, threshold_mode="absolute").threshold == 12.5
+    with pytest.raises(ValueError, match="fraction in"):
+        _spec(threshold=12.5, threshold_mode="ratio")
 
 
 def test_packaged_experiments_load_and_overrides_apply():

@@ -138,12 +138,64 @@ def test_loss_is_reproducible_and_uses_the_assigner():
     torch.manual_seed(0)
     obj = DiffusionObjective(ObjectiveConfig(), assigner=make_assigner("knn", k=8))
     model = ImageDiffusionModel(ImageModelConfig(base_channels=16), obj)
+    start = {k: v.clone() for k, v in model.state_dict().items()}  # also rewinds the label-dropout stream
     batch = digits_batch(64)
     l1, stats = model.compute_loss(batch, generator=seeded(3), with_stats=True)
+    model.load_state_dict(start)
     l2, _ = model.compute_loss(batch, generator=seeded(3))
+    model.load_state_dict(start)
     l3, _ = model.compute_loss(batch, generator=seeded(4))
     assert l1.item() == l2.item() != l3.item()
     assert stats and all(isinstance(v, float) for v in stats.values())
+
+
+def test_label_dropout_has_its_own_stream_so_cfg_dropout_leaves_the_noise_unchanged():
+    batch = digits_batch(32)
+    after = []
+    for p in (0.0, 0.1, 0.5):
+        torch.manual_seed(0)
+        model = ImageDiffusionModel(ImageModelConfig(base_channels=8, cfg_dropout=p))
+        gen = seeded(7)
+        model.compute_loss(batch, generator=gen)
+        after.append((torch.rand(4, generator=gen), torch.rand(4)))  # the noise stream, torch's global state
+    assert all(torch.equal(a[0], after[0][0]) and torch.equal(a[1], after[0][1]) for a in after[1:])
+
+
+def dropped_labels(model: ImageDiffusionModel, batch: dict, steps: int) -> list[torch.Tensor]:
+    """The labels the UNet saw in ``steps`` training losses (10 = the null class)."""
+    seen: list[torch.Tensor] = []
+    original = model.unet.forward
+    model.unet.forward = lambda x, t, y=None: (seen.append(y.clone()), original(x, t, y))[1]
+    with torch.no_grad():
+        for i in range(steps):
+            model.compute_loss(batch, generator=seeded(i))
+    model.unet.forward = original
+    return seen
+
+
+def test_label_dropout_stream_follows_the_run_seed_and_resumes_from_the_state_dict():
+    batch = {"image": torch.zeros(64, 1, 8, 8), "label": torch.randint(0, 10, (64,), generator=seeded(1))}
+    cfg = ImageModelConfig(base_channels=8, cfg_dropout=0.5)
+    torch.manual_seed(0)
+    a = dropped_labels(ImageDiffusionModel(cfg, label_seed=3), batch, 3)
+    torch.manual_seed(123)  # torch's global state plays no part
+    b = dropped_labels(ImageDiffusionModel(cfg, label_seed=3), batch, 3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], a[1])  # a new mask at every step
+    other = dropped_labels(ImageDiffusionModel(cfg, label_seed=4), batch, 1)
+    assert not torch.equal(a[0], other[0])  # another run seed, another stream
+    # a model restored from the state dict after two steps draws the third step's mask
+    model = ImageDiffusionModel(cfg, label_seed=3)
+    dropped_labels(model, batch, 2)
+    resumed = ImageDiffusionModel(cfg, label_seed=3)
+    resumed.load_state_dict(model.state_dict())
+    assert int(resumed.label_dropout_draws) == 2
+    assert torch.equal(dropped_labels(resumed, batch, 1)[0], a[2])
+    # weights saved before the count existed still load (the stream starts at 0)
+    old = {k: v for k, v in model.state_dict().items() if k != "label_dropout_draws"}
+    fresh = ImageDiffusionModel(cfg, label_seed=3)
+    fresh.load_state_dict(old)
+    assert torch.equal(dropped_labels(fresh, batch, 1)[0], a[0])
 
 
 def test_label_dropout_rate_and_eval_mode():

@@ -16,6 +16,7 @@ import pytest
 import torch
 from training_toys import ToyBatchData, ToyItemData, ToyModel, make_evaluate_fn, toy_points
 
+from diffpolicy_immix.errors import UserError
 from diffpolicy_immix.training import (
     EMA,
     CheckpointManager,
@@ -23,8 +24,10 @@ from diffpolicy_immix.training import (
     TrainConfig,
     Trainer,
     atomic_save,
+    config_changes,
     ema_decay,
     load_checkpoint,
+    load_weights,
     lr_factor,
     seed_everything,
 )
@@ -181,17 +184,37 @@ def test_atomic_save_keeps_previous_latest_when_saving_fails(tmp_path, monkeypat
 def test_top_k_keeps_the_best_scores_and_prunes_the_rest(tmp_path):
     manager = CheckpointManager(tmp_path, keep_top_k=3)
     for step, score in [(100, 0.5), (200, 0.9), (300, 0.1), (400, 0.7), (500, 0.05), (600, 0.92)]:
-        manager.save_scored({"step": step}, step, score)
+        manager.save_scored({"w": torch.tensor([step])}, {}, step, score)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["step=000200-score=0.9000.pt", "step=000400-score=0.7000.pt", "step=000600-score=0.9200.pt"]
-    assert manager.save_scored({"step": 700}, 700, 0.01) is None  # not good enough: nothing written
+    assert names == [
+        "step=000200-score=0.9000.safetensors",
+        "step=000400-score=0.7000.safetensors",
+        "step=000600-score=0.9200.safetensors",
+    ]
+    weights, meta = load_weights(tmp_path / names[0])
+    assert torch.equal(weights["w"], torch.tensor([200])) and meta["step"] == "200" and float(meta["score"]) == 0.9
+    assert manager.save_scored({"w": torch.zeros(1)}, {}, 700, 0.01) is None  # not good enough: nothing written
     assert not manager.would_keep(800, float("nan"))
     assert len(list(tmp_path.iterdir())) == 3
-    # negative scores parse and rank too
+    # negative scores parse and rank too; files of older runs (.pt) are ranked with the new ones
     manager2 = CheckpointManager(tmp_path / "neg", keep_top_k=1)
-    manager2.save_scored({}, 1, -0.3)
-    manager2.save_scored({}, 2, -0.1)
+    manager2.save_scored({"w": torch.zeros(1)}, {}, 1, -0.3)
+    atomic_save({}, tmp_path / "neg" / "step=000002-score=-0.1000.pt")
+    manager2.prune()
     assert [p.name for p in (tmp_path / "neg").iterdir()] == ["step=000002-score=-0.1000.pt"]
+
+
+def test_weights_files_refuse_foreign_files_with_a_message_naming_them(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match=r"junk\.safetensors"):
+        load_weights(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(UserError, match=r"foreign\.safetensors: metadata format=None"):
+        load_weights(tmp_path / "foreign.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
+        load_weights(tmp_path / "missing.safetensors")
 
 
 class NotPlainData:
@@ -275,9 +298,11 @@ def test_trainer_writes_logs_evaluates_ema_and_keeps_top_k(tmp_path):
     seen = []
     x = toy_points(48)
     evaluate = make_evaluate_fn(x[:8])
+    calls = []
 
-    def evaluate_fn(model):
+    def evaluate_fn(model, *, step, final):
         seen.append(model)
+        calls.append((step, final))
         return evaluate(model)
 
     cfg = small_config(steps=9, eval_every=3, checkpoint_every=4, diag_every=2, grad_clip=1.0)
@@ -285,6 +310,7 @@ def test_trainer_writes_logs_evaluates_ema_and_keeps_top_k(tmp_path):
     final = trainer.train()
 
     assert all(m is trainer.ema.model for m in seen) and len(seen) == 3  # steps 3, 6, 9 (9 is also the end)
+    assert calls == [(3, False), (6, False), (9, True)]  # the callback knows which evaluation is the last
     rows = read_csv(tmp_path / "metrics.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 10))
     assert {"epoch", "loss", "lr", "wall_time", "samples_per_s", "grad_norm", "noise_norm"} <= set(rows[0])
@@ -295,7 +321,16 @@ def test_trainer_writes_logs_evaluates_ema_and_keeps_top_k(tmp_path):
     assert final["train_loss"] == pytest.approx(float(rows[-1]["loss"]))
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert "latest.pt" in ckpts and len(ckpts) == 1 + 2  # top-2 of three evaluations
+    assert all(name.endswith(".safetensors") for name in ckpts if name != "latest.pt")  # weights only
+    for row in evals:
+        assert float(row["train_wall_s"]) + float(row["eval_s"]) <= float(row["wall_time"])
+    walls = [float(r["train_wall_s"]) for r in rows]
+    assert walls == sorted(walls) and all(float(r["train_wall_s"]) <= float(r["wall_time"]) for r in rows)
     state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    best = max((p for p in (tmp_path / "checkpoints").glob("*.safetensors")), key=lambda p: p.name)
+    weights, meta = load_weights(best)
+    assert meta["weights"] == "ema" and meta["config_yaml"] == state["config_yaml"]
+    assert set(weights) == set(state["ema"]["model"]) and "optimizer" not in meta
     assert state["step"] == 9 and state["config_yaml"].startswith("a:")
     assert torch.equal(state["model"]["scale"], torch.full((4,), 2.0))  # the normalizer travels with the model
     assert (tmp_path / "config.yaml").read_text() == state["config_yaml"]
@@ -415,20 +450,6 @@ def test_seed_everything_fixes_model_initialisation():
     assert torch.equal(a, ToyModel().net[0].weight)
 
 
-def test_global_lsa_assigner_in_one_process_matches_the_core_lsa():
-    from diffpolicy_immix.immiscible import make_assigner
-    from diffpolicy_immix.training import GlobalLSAAssigner
-
-    x0 = torch.rand(16, 3, 2, generator=torch.Generator().manual_seed(0))
-    for cost in ("l2", "sqeuclidean"):
-        local = make_assigner("lsa", cost=cost)
-        wrapped = GlobalLSAAssigner(local)
-        assert wrapped.name == "lsa" and wrapped.options["cost"] == cost
-        a = local(x0, generator=torch.Generator().manual_seed(9))
-        b = wrapped(x0, generator=torch.Generator().manual_seed(9))
-        assert torch.equal(a, b) and b.shape == x0.shape
-
-
 def test_tensorboard_is_skipped_with_one_info_line_when_missing(tmp_path, caplog):
     import importlib.util
 
@@ -447,10 +468,116 @@ def test_a_fresh_run_in_a_used_directory_warns_and_replaces_the_old_outputs(tmp_
     x = toy_points(32)
     evaluate = make_evaluate_fn(x[:8])
     Trainer(ToyModel(), ToyBatchData(x), small_config(steps=6, eval_every=2), tmp_path, evaluate_fn=evaluate).train()
-    assert len(list((tmp_path / "checkpoints").glob("step=*.pt"))) == 2
+    assert len(list((tmp_path / "checkpoints").glob("step=*.safetensors"))) == 2
     with pytest.warns(UserWarning, match="already holds a run"):
         again = Trainer(ToyModel(), ToyBatchData(x), small_config(steps=3), tmp_path)
-    assert list((tmp_path / "checkpoints").glob("step=*.pt")) == []
+    assert list((tmp_path / "checkpoints").glob("step=*.safetensors")) == []
     again.train()
     assert [r["step"] for r in read_csv(tmp_path / "metrics.csv")] == ["1", "2", "3"]
     assert read_csv(tmp_path / "eval.csv") == []
+
+
+# ---------------------------------------------------------------------------------------------- resume rules
+
+
+def toy_trainer(out: Path, x: torch.Tensor, full_config: dict | None = None, **overrides) -> Trainer:
+    resume = overrides.pop("resume", False)
+    seed_everything(5)
+    cfg = small_config(**overrides)
+    full = full_config if full_config is not None else {"train": cfg.to_dict(), "assign": {"name": "knn", "k": 2}}
+    return Trainer(
+        ToyModel(),
+        ToyBatchData(x),
+        cfg,
+        out,
+        evaluate_fn=make_evaluate_fn(x[:8]),
+        full_config=full,
+        resume=resume,
+    )
+
+
+def test_resume_refuses_a_changed_configuration_and_allows_a_longer_budget(tmp_path):
+    x = toy_points(32)
+    toy_trainer(tmp_path, x, steps=4, eval_every=2).train()
+    config_before = (tmp_path / "config.yaml").read_text()
+    changed = {"train": small_config(steps=4, eval_every=2).to_dict(), "assign": {"name": "lsa"}}
+    with pytest.raises(UserError) as info:
+        toy_trainer(tmp_path, x, full_config=changed, steps=4, eval_every=2, resume=True)
+    message = str(info.value)
+    assert "\n" not in message and "assign.name: 'knn' -> 'lsa'" in message and "assign.k: 2 -> '(absent)'" in message
+    assert (tmp_path / "config.yaml").read_text() == config_before  # nothing was rewritten
+    lr = {"train": small_config(steps=4, eval_every=2, lr=0.5).to_dict(), "assign": {"name": "knn", "k": 2}}
+    with pytest.raises(UserError, match=r"train\.lr: 0\.01 -> 0\.5"):
+        toy_trainer(tmp_path, x, full_config=lr, steps=4, eval_every=2, lr=0.5, resume=True)
+    with pytest.raises(UserError, match=r"train\.steps=2 is below the step"):
+        toy_trainer(tmp_path, x, steps=2, eval_every=2, resume=True)
+    longer = toy_trainer(tmp_path, x, steps=6, eval_every=2, resume=True)  # train.steps may grow
+    assert longer.step == 4
+    longer.train()
+    assert [r["step"] for r in read_csv(tmp_path / "eval.csv")] == ["2", "4", "6"]
+    assert config_changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}, allowed=("a.c",)) == []
+
+
+def test_resume_from_an_explicit_path_continues_that_checkpoint(tmp_path):
+    x = toy_points(32)
+    toy_trainer(tmp_path / "a", x, steps=4).train()
+    fork = toy_trainer(tmp_path / "b", x, steps=6, resume=tmp_path / "a" / "checkpoints" / "latest.pt")
+    assert fork.step == 4  # not step 0, and not b's (absent) latest.pt
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match=r"garbage\.pt: (refused by safe|not a readable)"):
+        toy_trainer(tmp_path / "c", x, steps=6, resume=tmp_path / "garbage.pt")
+    with pytest.raises(FileNotFoundError, match=r"nothing\.pt"):
+        toy_trainer(tmp_path / "c", x, steps=6, resume=tmp_path / "nothing.pt")
+
+
+def test_resuming_a_finished_run_adds_no_evaluation(tmp_path):
+    # eval_every does not divide steps but checkpoint_every does: the final evaluation comes after the
+    # last periodic checkpoint, and the checkpoint written after it must record it.
+    x = toy_points(32)
+    toy_trainer(tmp_path, x, steps=6, eval_every=4, checkpoint_every=3).train()
+    rows = read_csv(tmp_path / "eval.csv")
+    assert [r["step"] for r in rows] == ["4", "6"]
+    final = toy_trainer(tmp_path, x, steps=6, eval_every=4, checkpoint_every=3, resume=True).train()
+    assert read_csv(tmp_path / "eval.csv") == rows and final["step"] == 6
+    assert final["score"] == pytest.approx(float(rows[-1]["score"]))
+
+
+def test_a_run_removes_and_reports_leftovers_of_killed_writes(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir(parents=True)
+    leftovers = [
+        ckpts / f".latest.pt.tmp-{pid}",
+        ckpts / f".latest.pt.tmp-{pid}-0a1b2c3d.pt",
+        tmp_path / f".metrics.csv.tmp-{pid}",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    alive = ckpts / f".latest.pt.tmp-{os.getpid()}"  # a writer that is still running is left alone
+    alive.write_bytes(b"in progress")
+    with pytest.warns(UserWarning, match=r"removed 3 leftover temporary file\(s\) of a killed run"):
+        toy_trainer(tmp_path, toy_points(32), steps=2)
+    assert not any(p.exists() for p in leftovers) and alive.exists()
+
+
+def test_resume_under_another_world_size_continues_with_fresh_deterministic_noise(tmp_path):
+    # A checkpoint written by two ranks (its random states are per rank) resumed by one process: the run
+    # warns, re-shards the data and draws noise from seeds derived from (seed, rank, step), the same
+    # continuation every time.
+    x = toy_points(32)
+    toy_trainer(tmp_path / "two", x, steps=4).train()
+    latest = tmp_path / "two" / "checkpoints" / "latest.pt"
+    state = load_checkpoint(latest)
+    state["world_size"], state["rng"], state["noise_seeds"] = 2, [state["rng"][0]] * 2, [1, 2]
+    atomic_save(state, latest)
+    losses = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        (out / "checkpoints").mkdir(parents=True)
+        atomic_save(state, out / "checkpoints" / "latest.pt")
+        with pytest.warns(UserWarning, match="written by 2 ranks, this job has 1"):
+            trainer = toy_trainer(out, x, steps=8, resume=True)
+        trainer.train()
+        losses.append([r["loss"] for r in read_csv(out / "metrics.csv")])
+    assert losses[0] == losses[1] and len(losses[0]) == 4  # steps 5-8

@@ -94,7 +94,7 @@ def make_evaluate_fn(x: Tensor):
     """A deterministic evaluation: score = -mse of the model's velocity on fixed inputs."""
     t = torch.full((len(x), 1), 0.5)
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
+    def evaluate(model: nn.Module, *, step: int = 0, final: bool = False) -> dict[str, float]:
         with torch.no_grad():
             pred = model.net(torch.cat([x * model.scale * 0.5, t], dim=1))
             mse = float(pred.square().mean())

@@ -38,6 +38,7 @@ from diffpolicy_immix.data.validation import (
     check_group,
     open_root,
 )
+from diffpolicy_immix.utils.io import replace_path
 
 __all__ = ["ReplayBuffer", "ReplayBufferWriter"]
 
@@ -418,7 +419,7 @@ class ReplayBufferWriter:
             if self._zip:
                 _pack_zip(self._build, self._tmp)
                 _remove(self._build)
-            _move_into_place(self._tmp, self.path)
+            replace_path(self._tmp, self.path)  # swaps an existing store through <name>.old-<pid>
         except BaseException:
             self.abort()
             raise
@@ -503,19 +504,3 @@ def _pack_zip(src: Path, dst: Path) -> None:
             for name in sorted(files):
                 full = Path(dirpath) / name
                 zf.write(full, full.relative_to(src).as_posix())
-
-
-def _move_into_place(tmp: Path, dest: Path) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` is renamed away first and deleted afterwards."""
-    if not (dest.exists() or dest.is_symlink()):
-        os.replace(tmp, dest)
-        return
-    old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
-    _remove(old)
-    os.replace(dest, old)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        os.replace(old, dest)
-        raise
-    _remove(old)

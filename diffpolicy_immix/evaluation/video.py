@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from diffpolicy_immix.utils.io import atomic_path
 
 
 def _as_frames(frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -30,11 +31,6 @@ def _as_frames(frames: Sequence[np.ndarray]) -> np.ndarray:
     if pad_h or pad_w:
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     return arr
-
-
-def _tmp_path(path: Path) -> Path:
-    """A unique sibling of ``path`` with the same suffix (encoders pick the format from it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -75,20 +71,14 @@ def write_video(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps:
     arr = _as_frames(frames)
 
     if path.suffix.lower() == ".mp4":
-        tmp = _tmp_path(path)
         try:
-            _write_mp4(tmp, arr, fps)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                _write_mp4(tmp, arr, fps)
             return path
         except Exception as exc:  # any encoder failure falls back to gif
-            tmp.unlink(missing_ok=True)
             warnings.warn(f"write_video: mp4 encoding of {path} failed ({exc!r}); writing a gif", stacklevel=2)
             path = path.with_suffix(".gif")
 
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         _write_gif(tmp, arr, fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

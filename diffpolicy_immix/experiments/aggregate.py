@@ -166,6 +166,7 @@ def compute_threshold(baseline: np.ndarray, fraction: float, higher_is_better: b
         mode: ``"ratio"``: ``fraction * final`` (higher is better) or ``final / fraction`` (lower is better),
             where ``final`` is the seed-mean of the last evaluation. ``"progress"``: ``first + fraction *
             (final - first)`` with ``first`` the seed-mean of the first evaluation (either direction).
+            ``"absolute"``: ``fraction`` itself is the target level (a competence threshold).
     """
     x = np.asarray(baseline, dtype=float)
     if x.ndim != 2 or x.shape[1] == 0:
@@ -177,7 +178,9 @@ def compute_threshold(baseline: np.ndarray, fraction: float, higher_is_better: b
         return fraction * final if higher_is_better else final / fraction
     if mode == "progress":
         return first + fraction * (final - first)
-    raise ValueError(f"threshold_mode={mode!r} is invalid; choose 'ratio' or 'progress'")
+    if mode == "absolute":
+        return float(fraction)
+    raise ValueError(f"threshold_mode={mode!r} is invalid; choose 'ratio', 'progress' or 'absolute'")
 
 
 def restricted_mean_ci(
@@ -382,110 +385,20 @@ def summarize(
         baseline: label of the vanilla method (defines the threshold and the speed-up denominator).
     """
     notes: list[str] = []
-    table_metrics = dict(table_metrics or {})
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed}
     usable = {k: c for k, c in curves.items() if c.n_seeds and c.steps.size}
     for label in curves:
         if label not in usable:
             notes.append(f"{label}: no finished run with evaluations; left out of the tables")
     base = usable.get(baseline)
-    target: float | None = None
-    if base is None:
-        notes.append(f"the baseline {baseline!r} has no finished run: no threshold, no speed-ups")
-    else:
-        target = compute_threshold(base.values, threshold, higher_is_better, threshold_mode)
-        if not math.isfinite(target):
-            notes.append(f"the threshold is not finite ({target}); steps to threshold are not computed")
-            target = None
-        else:
-            with _quiet_nan():
-                first_mean = float(np.nanmean(base.values[:, 0]))
-            reached_first = first_mean >= target if higher_is_better else first_mean <= target
-            if reached_first:
-                notes.append(
-                    f"the baseline's mean at its first evaluation ({first_mean:.4g}, step {base.steps[0]:g}) already "
-                    f"meets the threshold ({target:.4g}): steps to threshold cannot show a speed-up here; evaluate "
-                    "earlier (train.eval_every), use threshold_mode=progress, or a metric that starts low"
-                )
-
-    out: dict[str, MethodSummary] = {}
-    for label, c in usable.items():
-        band = bootstrap_band(c.values, tag=f"band/{label}", **boot)
-        with _quiet_nan():
-            wall_x = np.nanmean(c.wall, axis=0)
-        step_budget = np.full(c.n_seeds, c.steps[-1])
-        wall_budget = c.wall[:, -1].copy()
-        if target is not None:
-            steps_to = np.array([time_to_threshold(c.steps, v, target, higher_is_better) for v in c.values])
-            wall_to = np.array([time_to_threshold(w, v, target, higher_is_better) for w, v in zip(c.wall, c.values)])
-        else:
-            steps_to = wall_to = np.full(c.n_seeds, math.nan)
-        s = MethodSummary(
-            label=label,
-            n_seeds=c.n_seeds,
-            seeds=[int(x) for x in c.seeds],
-            steps=c.steps,
-            band=band,
-            wall_x=wall_x,
-            steps_to=steps_to,
-            wall_to=wall_to,
-            step_budget=step_budget,
-            wall_budget=wall_budget,
-        )
-        if target is not None:
-            s.steps_est = restricted_mean_ci(steps_to, step_budget, tag=f"steps/{label}", **boot)
-            s.wall_est = restricted_mean_ci(wall_to, wall_budget, tag=f"wall/{label}", **boot)
-        for name, hib in {metric: higher_is_better, **table_metrics}.items():
-            vals = c.values if name == metric else c.extra.get(name)
-            if vals is None or not np.isfinite(vals).any():
-                continue
-            best, last = best_and_last_k(vals, last_k, hib)
-            final = np.array([_last_finite(row) for row in vals])
-            s.table[name] = {
-                "final_mean": float(np.nanmean(final)),
-                "final_std": _std(final),
-                "best_mean": float(np.nanmean(best)),
-                "best_std": _std(best),
-                "last_mean": float(np.nanmean(last)),
-                "last_std": _std(last),
-            }
-        if c.loss.size:
-            s.loss_steps = c.loss_steps
-            s.loss_band = bootstrap_band(c.loss, tag=f"loss/{label}", **boot)
-            final = np.array([_last_finite(row) for row in c.loss])
-            s.final_loss = (float(np.nanmean(final)), _std(final))
-        s.diagnostics = {k: float(np.nanmean(v)) for k, v in c.diagnostics.items() if np.isfinite(v).any()}
-        if c.samples_per_s.size and np.isfinite(c.samples_per_s).any():
-            s.samples_per_s = float(np.nanmean(c.samples_per_s))
-        out[label] = s
-
+    target = _target(base, baseline, threshold, higher_is_better, threshold_mode, notes)
+    metrics = {metric: higher_is_better, **dict(table_metrics or {})}
+    out = {
+        label: _method_summary(label, c, target, metric, metrics, higher_is_better, last_k, boot)
+        for label, c in usable.items()
+    }
     if base is not None:
-        b = out[baseline]
-        for label, s in out.items():
-            c = usable[label]
-            paired = _paired(c.seeds, base.seeds)
-            _, last_m = best_and_last_k(c.values, last_k, higher_is_better)
-            _, last_b = best_and_last_k(base.values, last_k, higher_is_better)
-            if label != baseline:
-                s.delta_last_k = diff_ci(last_m, last_b, paired, tag=f"delta/{label}", **boot)
-            if target is None:
-                continue
-            for kind, own, ref, own_budget, ref_budget in (
-                ("steps", s.steps_to, b.steps_to, s.step_budget, b.step_budget),
-                ("wall", s.wall_to, b.wall_to, s.wall_budget, b.wall_budget),
-            ):
-                num = np.where(np.isfinite(ref), np.minimum(ref, ref_budget), ref_budget)
-                den = np.where(np.isfinite(own), np.minimum(own, own_budget), own_budget)
-                est = ratio_ci(num, den, paired, tag=f"speedup-{kind}/{label}", **boot)
-                bound = _censor_bound(int((~np.isfinite(ref)).sum()), int((~np.isfinite(own)).sum()))
-                est = Estimate(est.value, est.lo, est.hi, est.n, int((~np.isfinite(own)).sum()), bound)
-                if kind == "steps":
-                    s.speedup_steps = est
-                else:
-                    s.speedup_wall = est
-        for label, s in out.items():
-            if label != baseline:
-                s.verdict, s.gain = _verdict(s, baseline, higher_is_better, last_k, ci)
+        _compare_with_baseline(out, usable, baseline, target, higher_is_better, last_k, ci, boot)
     return ComparisonSummary(
         metric=metric,
         higher_is_better=higher_is_better,
@@ -498,6 +411,128 @@ def summarize(
         methods=out,
         notes=notes,
     )
+
+
+def _target(
+    base: MethodCurves | None, baseline: str, threshold: float, higher_is_better: bool, mode: str, notes: list[str]
+) -> float | None:
+    """The threshold from the baseline's curves (None when there is none); explains problems in ``notes``."""
+    if base is None:
+        notes.append(f"the baseline {baseline!r} has no finished run: no threshold, no speed-ups")
+        return None
+    target = compute_threshold(base.values, threshold, higher_is_better, mode)
+    if not math.isfinite(target):
+        notes.append(f"the threshold is not finite ({target}); steps to threshold are not computed")
+        return None
+    with _quiet_nan():
+        first_mean = float(np.nanmean(base.values[:, 0]))
+    reached_first = first_mean >= target if higher_is_better else first_mean <= target
+    if reached_first:
+        notes.append(
+            f"the baseline's mean at its first evaluation ({first_mean:.4g}, step {base.steps[0]:g}) already "
+            f"meets the threshold ({target:.4g}): steps to threshold cannot show a speed-up here; evaluate "
+            "earlier (train.eval_every), use threshold_mode=progress, or a metric that starts low"
+        )
+    return target
+
+
+def _method_summary(
+    label: str,
+    c: MethodCurves,
+    target: float | None,
+    metric: str,
+    metrics: dict[str, bool],
+    higher_is_better: bool,
+    last_k: int,
+    boot: dict[str, float | int],
+) -> MethodSummary:
+    """One method's band, times to threshold (restricted means), table, loss and diagnostics."""
+    with _quiet_nan():
+        wall_x = np.nanmean(c.wall, axis=0)
+    step_budget = np.full(c.n_seeds, c.steps[-1])
+    wall_budget = c.wall[:, -1].copy()
+    if target is not None:
+        steps_to = np.array([time_to_threshold(c.steps, v, target, higher_is_better) for v in c.values])
+        wall_to = np.array([time_to_threshold(w, v, target, higher_is_better) for w, v in zip(c.wall, c.values)])
+    else:
+        steps_to = wall_to = np.full(c.n_seeds, math.nan)
+    s = MethodSummary(
+        label=label,
+        n_seeds=c.n_seeds,
+        seeds=[int(x) for x in c.seeds],
+        steps=c.steps,
+        band=bootstrap_band(c.values, tag=f"band/{label}", **boot),
+        wall_x=wall_x,
+        steps_to=steps_to,
+        wall_to=wall_to,
+        step_budget=step_budget,
+        wall_budget=wall_budget,
+    )
+    if target is not None:
+        s.steps_est = restricted_mean_ci(steps_to, step_budget, tag=f"steps/{label}", **boot)
+        s.wall_est = restricted_mean_ci(wall_to, wall_budget, tag=f"wall/{label}", **boot)
+    for name, hib in metrics.items():
+        vals = c.values if name == metric else c.extra.get(name)
+        if vals is None or not np.isfinite(vals).any():
+            continue
+        best, last = best_and_last_k(vals, last_k, hib)
+        final = np.array([_last_finite(row) for row in vals])
+        s.table[name] = {
+            "final_mean": float(np.nanmean(final)),
+            "final_std": _std(final),
+            "best_mean": float(np.nanmean(best)),
+            "best_std": _std(best),
+            "last_mean": float(np.nanmean(last)),
+            "last_std": _std(last),
+        }
+    if c.loss.size:
+        s.loss_steps = c.loss_steps
+        s.loss_band = bootstrap_band(c.loss, tag=f"loss/{label}", **boot)
+        final = np.array([_last_finite(row) for row in c.loss])
+        s.final_loss = (float(np.nanmean(final)), _std(final))
+    s.diagnostics = {k: float(np.nanmean(v)) for k, v in c.diagnostics.items() if np.isfinite(v).any()}
+    if c.samples_per_s.size and np.isfinite(c.samples_per_s).any():
+        s.samples_per_s = float(np.nanmean(c.samples_per_s))
+    return s
+
+
+def _compare_with_baseline(
+    out: dict[str, MethodSummary],
+    usable: dict[str, MethodCurves],
+    baseline: str,
+    target: float | None,
+    higher_is_better: bool,
+    last_k: int,
+    ci: float,
+    boot: dict[str, float | int],
+) -> None:
+    """Fill each method's last-k difference, speed-ups (steps and wall time) and verdict, in place."""
+    b, base = out[baseline], usable[baseline]
+    for label, s in out.items():
+        c = usable[label]
+        paired = _paired(c.seeds, base.seeds)
+        _, last_m = best_and_last_k(c.values, last_k, higher_is_better)
+        _, last_b = best_and_last_k(base.values, last_k, higher_is_better)
+        if label != baseline:
+            s.delta_last_k = diff_ci(last_m, last_b, paired, tag=f"delta/{label}", **boot)
+        if target is None:
+            continue
+        for kind, own, ref, own_budget, ref_budget in (
+            ("steps", s.steps_to, b.steps_to, s.step_budget, b.step_budget),
+            ("wall", s.wall_to, b.wall_to, s.wall_budget, b.wall_budget),
+        ):
+            num = np.where(np.isfinite(ref), np.minimum(ref, ref_budget), ref_budget)
+            den = np.where(np.isfinite(own), np.minimum(own, own_budget), own_budget)
+            est = ratio_ci(num, den, paired, tag=f"speedup-{kind}/{label}", **boot)
+            bound = _censor_bound(int((~np.isfinite(ref)).sum()), int((~np.isfinite(own)).sum()))
+            est = Estimate(est.value, est.lo, est.hi, est.n, int((~np.isfinite(own)).sum()), bound)
+            if kind == "steps":
+                s.speedup_steps = est
+            else:
+                s.speedup_wall = est
+    for label, s in out.items():
+        if label != baseline:
+            s.verdict, s.gain = _verdict(s, baseline, higher_is_better, last_k, ci)
 
 
 def _std(x: np.ndarray) -> float:

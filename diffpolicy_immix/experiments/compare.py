@@ -9,10 +9,15 @@ compare_main(["experiment=reach_around", "seeds=5", "parallel=2"])  # what `dpi-
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from diffpolicy_immix.data import DatasetError
+from diffpolicy_immix.errors import UserError
 
 from .aggregate import ComparisonSummary, summarize
 from .plots import write_all_plots
@@ -71,18 +76,33 @@ def aggregate_runs(spec: ExperimentSpec) -> tuple[dict[str, list[RunRecord]], Co
     return records, summary
 
 
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """Turn a ``ValueError`` / ``FileNotFoundError`` raised while reading the experiment, planning its runs
+    or reading their files into a ``UserError`` (one line on the command line); other errors pass."""
+    try:
+        yield
+    except (UserError, DatasetError):
+        raise
+    except (ValueError, FileNotFoundError) as err:
+        text = str(err).strip().splitlines()
+        raise UserError(text[0] if text else type(err).__name__) from err
+
+
 def compare(spec: ExperimentSpec, run_fn: RunFn | None = None, echo: bool = True) -> CompareResult:
     """Run (unless ``spec.run`` is false) and report an experiment.
 
     Args:
-        run_fn: replaces ``training.recipes.run_training`` (tests use a synthetic one).
+        run_fn: replaces ``app.run_training`` (tests use a synthetic one).
         echo: print the compact table and the report's path.
     """
     outcomes: list[RunOutcome] = []
     if spec.run:
-        plans = plan_runs(spec)
+        with input_errors():
+            plans = plan_runs(spec)
         outcomes = run_sweep(spec, plans, run_fn=run_fn).outcomes
-    records, summary = aggregate_runs(spec)
+    with input_errors():  # unreadable run files (final.json, eval.csv) name the file
+        records, summary = aggregate_runs(spec)
     if not any(records.values()):
         summary.notes.append(
             f"no finished run under {spec.output_root}"
@@ -112,10 +132,11 @@ def compare_main(overrides: list[str], run_fn: RunFn | None = None) -> None:
     """``dpi-compare experiment=<name> [key=value ...]``: run, aggregate, report.
 
     Keys are the fields of ``ExperimentSpec`` (``seeds=5``, ``parallel=2``, ``threads=1``, ``run=false``,
-    ``out_root=PATH``, ``extra=[train.steps=500]``, ...). Raises ``ValueError`` / ``FileNotFoundError`` with
-    a one-line message on bad input; exits with status 1 (after writing the report) when a run failed.
+    ``out_root=PATH``, ``extra=[train.steps=500]``, ...). Raises ``UserError`` with a one-line message on
+    bad input; exits with status 1 (after writing the report) when a run failed.
     """
-    spec = load_experiment(None, list(overrides))
+    with input_errors():
+        spec = load_experiment(None, list(overrides))
     result = compare(spec, run_fn=run_fn)
     if result.failures:
         raise SystemExit(1)
@@ -133,7 +154,7 @@ def compare_cli(argv: list[str] | None = None) -> int:
         compare_main(args)
     except SystemExit as exc:
         return int(exc.code or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except (UserError, DatasetError) as err:
         text = str(err).strip().splitlines()
         print(f"error: {text[0] if text else type(err).__name__}", file=sys.stderr)
         return 2

@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from diffpolicy_immix.utils.io import atomic_write
 
 from .aggregate import MethodCurves
 
@@ -43,10 +44,8 @@ def run_dir(out_root: str | Path, label: str, seed: int) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and move it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:

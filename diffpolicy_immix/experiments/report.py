@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from diffpolicy_immix.utils.io import atomic_write
 
 from .aggregate import ComparisonSummary, Estimate, MethodSummary
 from .records import DIAGNOSTIC_COLUMNS, RunRecord, config_differences, write_json_atomic
@@ -69,7 +70,13 @@ def threshold_definition(spec: ExperimentSpec, summary: ComparisonSummary) -> st
     mean = base.band[0]
     final, first, target = float(mean[-1]), float(mean[0]), summary.threshold
     m, b = f"`{spec.metric}`", f"`{spec.baseline}`"
-    if spec.threshold_mode == "ratio" and spec.higher_is_better:
+    if spec.threshold_mode == "absolute":
+        op = ">=" if spec.higher_is_better else "<="
+        text = (
+            f"target = **{_num(target)}** (a fixed level of {m}, e.g. the task's competence threshold); a seed "
+            f"reaches it at its first evaluation with {m} {op} target."
+        )
+    elif spec.threshold_mode == "ratio" and spec.higher_is_better:
         text = (
             f"target = {f:g} x the final {m} of {b} (seed-mean of its last evaluation, {_num(final)}) = "
             f"**{_num(target)}**; a seed reaches it at its first evaluation with {m} >= target."
@@ -108,7 +115,12 @@ def _budget(cfg: dict[str, Any]) -> str:
     parts = [f"{t.get('steps')} steps", f"batch {t.get('batch_size')}", f"evaluation every {t.get('eval_every')} steps"]
     ev = task.get("eval") or {}
     if ev.get("episodes"):
-        parts.append(f"{ev['episodes']} episodes per evaluation (test seeds {ev.get('seed_offset', 100000)}+i)")
+        mid = ev.get("episodes_mid", 20)
+        mid = ev["episodes"] if mid is None else min(int(mid), int(ev["episodes"]))
+        parts.append(
+            f"{mid} episodes per evaluation during training and {ev['episodes']} at the last step "
+            f"(test seeds {ev.get('seed_offset', 100000)}+i)"
+        )
     if ev.get("n_samples"):
         parts.append(f"{ev['n_samples']} samples per evaluation")
     return ", ".join(parts)
@@ -126,6 +138,25 @@ def render_report(
     figures: dict[str, Path],
 ) -> str:
     """``report.md`` as text."""
+    sections = (
+        _setup_section(spec, summary, records, task_info),
+        _verdict_section(spec, summary),
+        _time_section(spec, summary),
+        _final_section(spec, summary),
+        _training_section(summary),
+        _figures_section(figures),
+        _failures_section(spec, records, outcomes),
+    )
+    return "\n".join(line for section in sections for line in section)
+
+
+def _setup_section(
+    spec: ExperimentSpec,
+    summary: ComparisonSummary,
+    records: dict[str, list[RunRecord]],
+    task_info: dict[str, Any],
+) -> list[str]:
+    """Title, description, setup (task, seeds, budget, bootstrap, wall clock), methods and threshold."""
     lines = [f"# Comparison: {spec.name}", ""]
     if spec.description:
         lines += [spec.description, ""]
@@ -163,7 +194,12 @@ def render_report(
             f"{obj.get('kind', 'n/a')} | {obj.get('data_scale', 'n/a')} | {diff_text} |"
         )
     lines += ["", "## Threshold", "", threshold_definition(spec, summary), ""]
+    return lines
 
+
+def _verdict_section(spec: ExperimentSpec, summary: ComparisonSummary) -> list[str]:
+    """One sentence per method, and the notes."""
+    lines: list[str] = []
     lines += ["## Verdict", ""]
     verdicts = [s.verdict for s in summary.methods.values() if s.verdict]
     lines += [f"- {v}" for v in verdicts] or ["- No method could be compared with the baseline."]
@@ -173,7 +209,12 @@ def render_report(
             f"- Note: {len(spec.seeds)} seed(s) only: intervals are missing or very rough; use >= 3 (5 for claims)."
         )
     lines.append("")
+    return lines
 
+
+def _time_section(spec: ExperimentSpec, summary: ComparisonSummary) -> list[str]:
+    """Steps and wall time to threshold, speed-ups, per-seed steps."""
+    lines: list[str] = []
     lines += ["## Time to threshold", ""]
     rows = []
     for label, s in summary.methods.items():
@@ -217,7 +258,13 @@ def render_report(
         per_seed.append([label] + [cells.get(sd, "-") for sd in seeds])
     lines += _table(["method"] + [f"seed {sd}" for sd in seeds], per_seed)
     lines.append("")
+    return lines
 
+
+def _final_section(spec: ExperimentSpec, summary: ComparisonSummary) -> list[str]:
+    """Diffusion Policy's table: best and last-k evaluations."""
+    lines: list[str] = []
+    pct = f"{100 * spec.ci:g}% CI"
     lines += [
         "## Final performance (Diffusion Policy's table)",
         "",
@@ -245,7 +292,12 @@ def render_report(
         rows.append(row)
     lines += _table(header, rows)
     lines.append("")
+    return lines
 
+
+def _training_section(summary: ComparisonSummary) -> list[str]:
+    """Final loss, throughput and miscibility diagnostics."""
+    lines: list[str] = []
     lines += [
         "## Training and miscibility",
         "",
@@ -264,13 +316,25 @@ def render_report(
         )
     lines += _table(["method", "final loss", "samples/s", *DIAGNOSTIC_COLUMNS], rows)
     lines.append("")
+    return lines
 
+
+def _figures_section(figures: dict[str, Path]) -> list[str]:
+    """The learning-curve figures."""
+    lines: list[str] = []
     if figures:
         lines += ["## Figures", ""]
         captions = {"step": "metric vs training step", "wall": "metric vs wall time", "loss": "training loss"}
         for kind, path in figures.items():
             lines += [f"![{captions.get(kind, kind)}]({path.name})", ""]
+    return lines
 
+
+def _failures_section(
+    spec: ExperimentSpec, records: dict[str, list[RunRecord]], outcomes: list[RunOutcome]
+) -> list[str]:
+    """Failed runs and runs that did not finish."""
+    lines: list[str] = []
     failed = [o for o in outcomes if o.status in ("failed", "busy")]
     missing = [
         f"{m.label}/seed{sd}"
@@ -284,7 +348,7 @@ def render_report(
         if missing:
             lines.append(f"- Not finished (left out of every table): {', '.join(missing)}")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _threads_text(records: dict[str, list[RunRecord]]) -> str:
@@ -353,9 +417,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     text = render_report(spec, summary, records, outcomes, task_info, figures)
     path = out / "report.md"
-    tmp = path.with_name(f".report.md.tmp-{os.getpid()}")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text + "\n")
     write_json_atomic(out / "results.json", summary_to_dict(spec, summary, task_info))
     return path
 

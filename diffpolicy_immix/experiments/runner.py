@@ -230,7 +230,7 @@ def execute_run(plan: RunPlan, threads: int | None = None, run_fn: RunFn | None 
 
     Args:
         threads: torch threads for this run (None: leave as is); restored afterwards.
-        run_fn: ``cfg -> final metrics`` (default ``training.recipes.run_training``).
+        run_fn: ``cfg -> final metrics`` (default ``app.run_training``).
     """
     import torch
 
@@ -244,7 +244,7 @@ def execute_run(plan: RunPlan, threads: int | None = None, run_fn: RunFn | None 
         cfg = copy.deepcopy(plan.config)
         cfg["resume"] = (folder / "checkpoints" / "latest.pt").is_file()
         if run_fn is None:
-            from diffpolicy_immix.training.recipes import run_training as run_fn
+            from diffpolicy_immix.app import run_training as run_fn
         previous = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
@@ -353,7 +353,7 @@ def describe_task(cfg: dict[str, Any]) -> dict[str, Any]:
 def _prepare_data(plans: list[RunPlan]) -> None:
     """Collect missing demonstration datasets once, in this process, before any run starts (so parallel
     runs never race to write the same store)."""
-    from diffpolicy_immix.training.recipes import ensure_demonstrations
+    from diffpolicy_immix.app import ensure_demonstrations
 
     seen = set()
     for p in plans:

@@ -32,7 +32,7 @@ __all__ = [
     "parse_overrides",
 ]
 
-THRESHOLD_MODES = ("ratio", "progress")
+THRESHOLD_MODES = ("ratio", "progress", "absolute")
 PROGRESS_MODES = ("bars", "runs", "quiet")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -100,7 +100,8 @@ class ExperimentSpec:
     ``threshold_mode``)."""
     threshold_mode: str = "ratio"
     """``ratio``: target = threshold x baseline final (higher is better) or baseline final / threshold
-    (lower is better). ``progress``: target = first + threshold x (final - first) of the baseline's mean curve."""
+    (lower is better). ``progress``: target = first + threshold x (final - first) of the baseline's mean curve.
+    ``absolute``: target = threshold itself, in the metric's units (a task's competence level, e.g. 0.95)."""
     baseline: str = "none"
     """Label of the vanilla method: the threshold and the speed-up ratios refer to it."""
     table_metrics: dict[str, bool] = field(default_factory=dict)
@@ -148,7 +149,9 @@ class ExperimentSpec:
         for name in ("higher_is_better", "run"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"experiment.{name}={getattr(self, name)!r} is invalid; it must be true or false")
-        if not _is_number(self.threshold) or not 0.0 < self.threshold <= 1.0:
+        if not _is_number(self.threshold) or not math.isfinite(self.threshold):
+            raise ValueError(f"experiment.threshold={self.threshold!r} is invalid; it must be a number")
+        if self.threshold_mode != "absolute" and not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"experiment.threshold={self.threshold!r} is invalid; it must be a fraction in (0, 1]")
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(

@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,6 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffpolicy_immix.imagegen.datasets import ImageDataset
+from diffpolicy_immix.utils.io import atomic_write
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path("datasets") / "cache"
@@ -289,16 +288,8 @@ def classifier_cache_path(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:  # creates the parent folders
+        torch.save(obj, f)
 
 
 def load_or_train_classifier(

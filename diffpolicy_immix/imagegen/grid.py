@@ -12,8 +12,6 @@ evaluate = ImageEvaluator(fd, n=500, guidance_scale=2.0, seed=0)   # trainer cal
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from diffpolicy_immix.imagegen.metrics import ClassifierFD
+from diffpolicy_immix.utils.io import atomic_write
 
 
 def auto_upscale(size: int, min_tile: int = 32) -> int:
@@ -87,16 +86,8 @@ def save_image_grid(
     path = Path(path)
     factor = auto_upscale(int(images.shape[-1])) if upscale is None else upscale
     arr = make_grid(images, nrow=nrow, padding=padding, upscale=factor)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:  # creates the parent folders
+        Image.fromarray(arr).save(f, format="PNG")
     return path
 
 

@@ -15,8 +15,11 @@ Classifier-free guidance: during training each label is replaced by the UNet's l
 with probability ``cfg_dropout``; at sampling time the conditional and unconditional predictions are
 combined as ``u + w (c - u)`` (``w = guidance_scale``; 1 = plain conditional, 0 = unconditional).
 The model never draws noise: training noise and timesteps come from the objective (through its
-assigner), and so does the initial sampling noise. Label dropout uses ``torch.rand`` with the
-caller's generator (or the assigner's private generator when none is given).
+assigner), and so does the initial sampling noise. Label dropout has a stream of its own, neither the
+noise generator nor torch's global random state: mask ``n`` of rank ``r`` comes from a CPU
+``torch.Generator`` seeded with ``(label_seed + LABEL_DROPOUT_OFFSET, r, n)``, and the count ``n`` is the
+buffer ``label_dropout_draws``, saved with the weights, so a resumed run continues the same masks.
+Changing ``cfg_dropout`` leaves the training noise and the dropout layers' masks unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from diffpolicy_immix.diffusion import DiffusionObjective, ObjectiveConfig
@@ -32,6 +37,8 @@ from diffpolicy_immix.imagegen.unet2d import UNet2D
 
 IMAGE = "image"
 LABEL = "label"
+LABEL_DROPOUT_OFFSET = 7_919
+"""Added to the run seed for the label-dropout stream, so it never shares a seed with the run's others."""
 
 
 @dataclass
@@ -148,11 +155,18 @@ class ImageDiffusionModel(nn.Module):
         cfg: image and network settings.
         objective: the objective that draws noise, forms the loss and samples (default: DDPM with
             plain Gaussian noise, ``DiffusionObjective(ObjectiveConfig())``).
+        label_seed: the run seed; the label-dropout stream is seeded from ``label_seed +
+            LABEL_DROPOUT_OFFSET`` (see :meth:`label_dropout_generator`).
     """
 
-    def __init__(self, cfg: ImageModelConfig, objective: DiffusionObjective | None = None) -> None:
+    def __init__(self, cfg: ImageModelConfig, objective: DiffusionObjective | None = None, label_seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.label_seed = int(label_seed)
+        # masks drawn so far (a buffer: saved with the weights and restored on resume); _draws mirrors it on
+        # the host so that reading it never waits for the device
+        self.register_buffer("label_dropout_draws", torch.zeros((), dtype=torch.int64))
+        self._draws = 0
         self.objective = objective if objective is not None else DiffusionObjective(ObjectiveConfig())
         self.unet = UNet2D(
             in_channels=cfg.in_channels,
@@ -180,6 +194,42 @@ class ImageDiffusionModel(nn.Module):
         """(C, H, W)."""
         return self.cfg.image_shape
 
+    def label_dropout_generator(self) -> torch.Generator:
+        """The CPU generator of the next label-dropout mask: seeded from ``(label_seed +
+        LABEL_DROPOUT_OFFSET, rank, draws so far)``, so each mask depends only on the run seed, the rank
+        and its index, never on the noise generator or torch's global random state."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        entropy = [self.label_seed + LABEL_DROPOUT_OFFSET, rank, self._draws]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        return torch.Generator().manual_seed(seed)
+
+    def _drop_labels(self, labels: Tensor) -> Tensor:
+        """``labels`` (B,) with each replaced by the null class with probability ``cfg_dropout`` (one draw of
+        the label-dropout stream)."""
+        drop = torch.rand(labels.shape, generator=self.label_dropout_generator()) < self.cfg.cfg_dropout  # (B,)
+        self._draws += 1
+        self.label_dropout_draws.fill_(self._draws)
+        return torch.where(drop.to(labels.device), torch.full_like(labels, self.unet.null_class), labels)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Load as usual; weights saved before the label-dropout count existed start it at 0."""
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "label_dropout_draws"
+        if key in missing_keys:
+            missing_keys.remove(key)
+        self._draws = int(self.label_dropout_draws)
+
     def _denoise(self, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
         """The objective's ``model_fn``: (B, C, H, W), (B,), (B,) | None -> (B, C, H, W)."""
         return self.unet(x_t, t, labels)
@@ -193,8 +243,8 @@ class ImageDiffusionModel(nn.Module):
         Args:
             batch: ``{"image": Tensor (B, C, H, W) in [-1, 1], "label": Tensor (B,) int64 (optional)}``;
                 other keys are ignored. Without labels a conditional model trains on the null class.
-            generator: passed to the objective (noise, timesteps) and used for label dropout; it must
-                live on the batch's device.
+            generator: passed to the objective (noise, timesteps); it must live on the batch's device.
+                Label dropout draws from its own stream instead (:meth:`label_dropout_generator`).
             with_stats: ask the objective for miscibility statistics.
         Returns:
             (loss, stats): scalar Tensor and a dict of floats.
@@ -216,9 +266,7 @@ class ImageDiffusionModel(nn.Module):
                     f"must be ({x0.shape[0]},)"
                 )
             if self.training and self.cfg.cfg_dropout > 0:
-                gen = generator if generator is not None else self.objective.assigner.default_generator(x0.device)
-                drop = torch.rand(labels.shape, generator=gen, device=gen.device).to(x0.device) < self.cfg.cfg_dropout
-                labels = torch.where(drop, torch.full_like(labels, self.unet.null_class), labels)
+                labels = self._drop_labels(labels)
         return self.objective.loss(self._denoise, x0, cond=labels, generator=generator, with_stats=with_stats)
 
     def forward(

@@ -6,23 +6,25 @@
 See docs/training.md for the run directory, checkpoint contents, resuming and multi-GPU use.
 """
 
-from .checkpoint import CheckpointManager, atomic_save, load_checkpoint
+from .checkpoint import CheckpointManager, atomic_save, load_checkpoint, load_weights, save_weights
 from .config import EMAConfig, TrainConfig
-from .distributed import GlobalLSAAssigner, global_lsa_noise
 from .ema import EMA, ema_decay
-from .trainer import Trainer, lr_factor, seed_everything
+from .trainer import SAFE_RESUME_CHANGES, EvaluateFn, Trainer, config_changes, lr_factor, seed_everything
 
 __all__ = [
     "EMA",
+    "SAFE_RESUME_CHANGES",
     "CheckpointManager",
     "EMAConfig",
-    "GlobalLSAAssigner",
+    "EvaluateFn",
     "TrainConfig",
     "Trainer",
     "atomic_save",
+    "config_changes",
     "ema_decay",
-    "global_lsa_noise",
     "load_checkpoint",
+    "load_weights",
     "lr_factor",
+    "save_weights",
     "seed_everything",
 ]

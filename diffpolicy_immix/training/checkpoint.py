@@ -17,89 +17,140 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
     log_state       the trainer's pending metric sums (rows not yet written)
     train_config    TrainConfig.to_dict()
     config_yaml     the full run configuration as a YAML string
+
+The top-k checkpoints ranked by evaluation score hold only what evaluation needs: a ``safetensors`` file
+(``step=000500-score=0.9200.safetensors``) with the evaluated weights (the EMA model's, normalizer
+included) and string metadata ``format`` (``WEIGHTS_FORMAT``), ``weights`` (``ema`` or ``model``),
+``step``, ``score`` and ``config_yaml``. ``load_weights`` reads one back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import pickle
 import random
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
+from diffpolicy_immix.errors import MissingInputError, UserError
+from diffpolicy_immix.utils.io import atomic_path, atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "REQUIRED_KEYS",
+    "WEIGHTS_FORMAT",
     "CheckpointManager",
     "atomic_save",
     "capture_rng_state",
     "load_checkpoint",
+    "load_weights",
     "preserved_rng",
     "restore_rng_state",
+    "save_weights",
     "scored_name",
 ]
 
 CHECKPOINT_FORMAT = 1
+WEIGHTS_FORMAT = "diffpolicy_immix-weights-1"
 REQUIRED_KEYS = ("format_version", "model", "optimizer", "lr_scheduler", "step", "epoch", "rng")
-_SCORED = re.compile(r"^step=(\d+)-score=(.+)\.pt$")
+_SCORED = re.compile(r"^step=(\d+)-score=(.+)\.(pt|safetensors)$")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace`` it into place.
+    """``torch.save`` to a temporary file beside ``path`` (flushed to disk), then renamed into place.
 
     A failure part-way (full disk, a crash, an exception) leaves any previous file at ``path`` intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by the trainer, refusing anything that is not plain data.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file holds pickled objects other than tensors and built-in containers, is not
+        MissingInputError: no file at ``path`` (a ``FileNotFoundError``).
+        UserError: the file holds pickled objects other than tensors and built-in containers, is not
             a torch file, or lacks a checkpoint key (the message names the path and the key).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingInputError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign file's pickle protocol is reported by the error below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
+        first = first.split(". ")[0]  # torch appends a long paragraph about weights_only
+        raise UserError(
             f"{path}: refused by safe (weights_only) loading, not a plain-data checkpoint: {first}"
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first})") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a diffpolicy_immix checkpoint (holds a {type(state).__name__}, not a dict)")
+        raise UserError(f"{path}: not a diffpolicy_immix checkpoint (holds a {type(state).__name__}, not a dict)")
     for key in REQUIRED_KEYS:
         if key not in state:
-            raise ValueError(f"{path}: not a diffpolicy_immix checkpoint: missing key {key!r}")
+            raise UserError(f"{path}: not a diffpolicy_immix checkpoint: missing key {key!r}")
     if state["format_version"] != CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise UserError(
             f"{path}: checkpoint format_version={state['format_version']!r}; this version reads {CHECKPOINT_FORMAT}"
         )
     return state
+
+
+def save_weights(weights: dict[str, Tensor], metadata: dict[str, str], path: str | Path) -> Path:
+    """Write a weights-only ``safetensors`` file atomically.
+
+    Args:
+        weights: a ``state_dict`` (tensors only); tensors are copied to contiguous CPU memory.
+        metadata: string metadata (``format`` is set to ``WEIGHTS_FORMAT``).
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+    meta = {str(k): str(v) for k, v in metadata.items()} | {"format": WEIGHTS_FORMAT}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a file written by :func:`save_weights`: (state_dict, metadata).
+
+    Raises:
+        MissingInputError: no file at ``path``.
+        UserError: not a safetensors file, or not one written by this toolkit (names the path).
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        weights = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable safetensors file ({first})") from exc
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise UserError(
+            f"{path}: metadata format={metadata.get('format')!r}; expected {WEIGHTS_FORMAT!r} "
+            "(a weights file written by diffpolicy_immix)"
+        )
+    return weights, metadata
 
 
 # ---------------------------------------------------------------------------------------------- RNG state
@@ -174,8 +225,8 @@ def preserved_rng(cuda: bool = False) -> Iterator[None]:
 
 
 def scored_name(step: int, score: float) -> str:
-    """File name of a ranked checkpoint, e.g. ``step=000500-score=0.9200.pt``."""
-    return f"step={step:06d}-score={score:.4f}.pt"
+    """File name of a ranked checkpoint, e.g. ``step=000500-score=0.9200.safetensors``."""
+    return f"step={step:06d}-score={score:.4f}.safetensors"
 
 
 def _parse_scored(name: str) -> tuple[int, float] | None:
@@ -189,9 +240,10 @@ def _parse_scored(name: str) -> tuple[int, float] | None:
 
 
 class CheckpointManager:
-    """``<dir>/latest.pt`` plus the ``keep_top_k`` best checkpoints by evaluation score (higher is better).
+    """``<dir>/latest.pt`` plus the ``keep_top_k`` best weights files by evaluation score (higher is better).
 
-    The ranking is read back from the file names, so it survives restarts. Ties keep the later step.
+    The ranking is read back from the file names (``.safetensors``, and ``.pt`` of older runs), so it
+    survives restarts. Ties keep the later step.
     """
 
     def __init__(self, directory: str | Path, keep_top_k: int) -> None:
@@ -227,15 +279,16 @@ class CheckpointManager:
         worst_kept = sorted(others, reverse=True)[self.keep_top_k - 1]
         return (round(score, 4), step) > worst_kept
 
-    def save_scored(self, state: dict[str, Any], step: int, score: float) -> Path | None:
-        """Write ``step=...-score=...pt`` if it enters the top k, then prune; returns its path or None."""
+    def save_scored(self, weights: dict[str, Tensor], metadata: dict[str, str], step: int, score: float) -> Path | None:
+        """Write ``step=...-score=....safetensors`` (weights and metadata, see ``save_weights``) if it enters
+        the top k, then prune; returns its path or None."""
         if not self.would_keep(step, score):
             return None
         for _, old_step, old_path in self.ranked():
             if old_step == step:  # a re-evaluation of the same step replaces the older file
                 old_path.unlink(missing_ok=True)
         path = self.directory / scored_name(step, score)
-        atomic_save(state, path)
+        save_weights(weights, {**metadata, "step": str(step), "score": repr(float(score))}, path)
         self.prune()
         return path
 

@@ -3,7 +3,7 @@
 ``CsvLog`` writes one row per call with a header line. When a row brings a key the header lacks (a
 diagnostic that is only computed every ``diag_every`` steps, an evaluation metric that appears late), the
 file is rewritten once with the extended header: the old rows are copied to a temporary file with empty
-cells in the new columns, which then replaces the original (``os.replace``), and appending continues.
+cells in the new columns, which then replaces the original (an atomic rename), and appending continues.
 Floats are written with ``repr``, so a value read back with ``float()`` is bit-identical.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from diffpolicy_immix.utils.io import atomic_write
 
 __all__ = ["CsvLog", "TensorBoardLog", "read_csv"]
 
@@ -67,14 +68,12 @@ class CsvLog:
 
     def _rewrite(self, columns: list[str], keep: Any) -> None:
         rows = read_csv(self.path) if self.columns else []
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(columns)
             for r in rows:
                 if keep is None or keep(r):
                     writer.writerow([r.get(c, "") for c in columns])
-        os.replace(tmp, self.path)
         self.columns = columns
 
 

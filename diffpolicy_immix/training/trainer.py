@@ -7,6 +7,10 @@ passes to the model, the data order, the optimizer, the EMA copy, the logs and t
     trainer = Trainer(model, dataset, TrainConfig(steps=2000), "runs/pusht", evaluate_fn=rollouts)
     final = trainer.train()        # {"step": 2000, "train_loss": ..., "score": ..., ...}
 
+``rollouts(model, *, step, final) -> dict[str, float]`` is called with the step being evaluated and
+whether it is the run's last evaluation (so a callback can evaluate cheaply during training and fully at
+the end). The trainer imports nothing about policies, images, data sets or environments.
+
 Reading order: construction (device, seeds, optimizer, resume), ``train`` (the loop), ``train_step``,
 ``log_metrics``, ``evaluate``, ``save_checkpoint``, ``close``.
 """
@@ -17,13 +21,12 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import random
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +35,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
+
+from diffpolicy_immix.errors import UserError
+from diffpolicy_immix.utils.io import atomic_write, remove_stale_temps
 
 from .batching import BatchStream, epoch_seed, sequential_batches, to_device
 from .checkpoint import (
@@ -47,8 +53,6 @@ from .distributed import (
     all_reduce_mean,
     barrier,
     broadcast_from_main,
-    disable_global_lsa,
-    enable_global_lsa,
     gather_to_main,
     init_distributed,
     local_assigner,
@@ -57,13 +61,50 @@ from .distributed import (
 from .ema import EMA
 from .logger import CsvLog, TensorBoardLog
 
-__all__ = ["Trainer", "lr_factor", "resolve_device", "seed_everything", "to_plain"]
+__all__ = [
+    "SAFE_RESUME_CHANGES",
+    "EvaluateFn",
+    "Trainer",
+    "config_changes",
+    "lr_factor",
+    "resolve_device",
+    "seed_everything",
+    "to_plain",
+]
 
 log = logging.getLogger(__name__)
 
-EvaluateFn = Callable[[nn.Module], dict[str, float]]
+
+class EvaluateFn(Protocol):
+    """``evaluate_fn(model, *, step, final) -> dict[str, float]``: the evaluation callback.
+
+    ``step`` is the optimizer step being evaluated; ``final`` is True for the run's last evaluation (at
+    ``train.steps``). Its ``score`` (higher is better) ranks the top-k checkpoints.
+    """
+
+    def __call__(self, model: nn.Module, *, step: int, final: bool) -> dict[str, float]: ...
+
+
 VAL_SEED_OFFSET = 1_000_003
 """The validation loss draws noise from a generator seeded with seed + this, the same at every evaluation."""
+
+SAFE_RESUME_CHANGES: tuple[str, ...] = (
+    "resume",
+    "out_dir",
+    "threads",
+    "train.steps",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.keep_top_k",
+    "task.eval.n_envs",
+    "task.eval.vector_mode",
+    "task.eval.n_videos",
+    "task.eval.video_size",
+)
+"""Configuration keys a resumed run may change (dotted; a prefix ``a.b`` also covers ``a.b.c``): the budget
+(``train.steps`` may grow), the logging/evaluation/checkpoint cadence and how evaluations are run. Any
+other difference from the checkpoint's configuration is refused."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -119,10 +160,30 @@ def to_plain(obj: Any) -> Any:
     return str(obj)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], allowed: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two run configurations, as ``key: old -> new``.
+
+    Keys equal to or under an entry of ``allowed`` are left out; a key present on one side only reads
+    ``(absent)`` on the other.
+    """
+    a, b = _flatten(saved), _flatten(current)
+    out = []
+    for key in [*a, *(k for k in b if k not in a)]:
+        if any(key == p or key.startswith(p + ".") for p in allowed):
+            continue
+        old, new = a.get(key, "(absent)"), b.get(key, "(absent)")
+        if old != new:
+            out.append(f"{key}: {old!r} -> {new!r}")
+    return out
 
 
 class _MetricWindow:
@@ -180,8 +241,8 @@ class Trainer:
 
     Args:
         model: an ``nn.Module`` with ``compute_loss(batch, generator=None, with_stats=False)``; its
-            ``forward`` must do the same. Its ``objective.assigner`` (if any) is swapped for a global
-            one when it is ``lsa`` and the job has several ranks.
+            ``forward`` must do the same. Its ``objective.assigner`` is used as built (an ``lsa`` assigner
+            with ``process_group="auto"`` assigns over all ranks by itself).
         train_dataset: ``len()`` plus either ``get_batch(indices) -> dict[str, Tensor]`` or
             ``__getitem__`` returning dicts of tensors (collated by a DataLoader).
         cfg: the training configuration.
@@ -193,7 +254,10 @@ class Trainer:
         full_config: the whole run configuration (model, data, ...), saved to ``config.yaml`` and
             into every checkpoint.
         resume: False; True to continue from ``out_dir/checkpoints/latest.pt`` when it exists; or the
-            path of a checkpoint to continue from.
+            path of a checkpoint to continue from (an error when it is missing or unreadable).
+        allow_changes: dotted configuration keys that may differ from the checkpoint's configuration on
+            resume (default ``SAFE_RESUME_CHANGES``); any other difference raises ``UserError`` listing
+            the differing keys, before anything is written.
     """
 
     def __init__(
@@ -206,6 +270,7 @@ class Trainer:
         val_dataset: Any = None,
         full_config: dict[str, Any] | None = None,
         resume: bool | str | Path = False,
+        allow_changes: tuple[str, ...] = SAFE_RESUME_CHANGES,
     ) -> None:
         if not callable(getattr(model, "compute_loss", None)):
             raise ValueError(f"model {type(model).__name__} has no compute_loss(batch, generator, with_stats) method")
@@ -215,6 +280,7 @@ class Trainer:
         self.val_dataset = val_dataset
         self.full_config = to_plain(full_config) if full_config is not None else {"train": cfg.to_dict()}
         self.config_yaml = yaml.safe_dump(self.full_config, sort_keys=False)
+        self.allow_changes = tuple(allow_changes)
 
         self.device = resolve_device(cfg.device)
         self.dist, self._owns_process_group = init_distributed(self.device.type == "cuda")
@@ -244,18 +310,20 @@ class Trainer:
 
         self.step = 0
         self.epoch = 0
-        self.wall_time = 0.0
+        self.wall_time = 0.0  # seconds of this run so far: training plus evaluations, summed over resumes
+        self.eval_time = 0.0  # the part of wall_time spent evaluating
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = -1
         self.last_train: dict[str, float] = {}
         self._window = _MetricWindow()
         self._saved_step = -1
+        self._saved_eval_step = -1
+        self._started: float | None = None
         self._closed = False
         resume_path = self._resume_path(resume)
         if resume_path is not None:
             self._restore(load_checkpoint(resume_path), resume_path)
 
-        enable_global_lsa(self.model, self.dist)
         self.train_model = self._wrap_for_training(self.model)
         self._open_logs()
 
@@ -288,6 +356,8 @@ class Trainer:
                 warnings.warn(f"resume requested but {path} does not exist; starting from step 0", stacklevel=3)
                 return None
             return path
+        if not isinstance(resume, str | Path) or str(resume).strip() == "":
+            raise UserError(f"resume={resume!r} is invalid; pass true, false or the path of a checkpoint")
         return Path(resume)
 
     def _wrap_for_training(self, model: nn.Module) -> nn.Module:
@@ -306,11 +376,14 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(self.out_dir / "config.yaml", self.config_yaml)
+        self._remove_leftovers()
+        with atomic_write(self.out_dir / "config.yaml") as f:
+            f.write(self.config_yaml)
         self._metrics_log = CsvLog(
-            self.out_dir / "metrics.csv", ("step", "epoch", "loss", "lr", "wall_time", "samples_per_s")
+            self.out_dir / "metrics.csv",
+            ("step", "epoch", "loss", "lr", "wall_time", "train_wall_s", "samples_per_s"),
         )
-        self._eval_log = CsvLog(self.out_dir / "eval.csv", ("step", "epoch", "wall_time"))
+        self._eval_log = CsvLog(self.out_dir / "eval.csv", ("step", "epoch", "wall_time", "train_wall_s", "eval_s"))
         self._drop_outputs_after(self.step)
         self._tb = TensorBoardLog(self.out_dir / "tensorboard")
         log.info(
@@ -321,19 +394,31 @@ class Trainer:
             self.batches.steps_per_epoch,
         )
 
+    def _remove_leftovers(self) -> None:
+        """Delete the temporary files of killed writes (their process is gone) and say so."""
+        removed = remove_stale_temps(self.out_dir) + remove_stale_temps(self.checkpoints.directory)
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            warnings.warn(
+                f"{self.out_dir}: removed {len(removed)} leftover temporary file(s) of a killed run: {names}",
+                stacklevel=4,
+            )
+
     def _drop_outputs_after(self, step: int) -> None:
         """Log rows and scored checkpoints past ``step`` belong to an abandoned continuation (a run killed
-        after its last checkpoint) or, at step 0, to an earlier run in the same directory: drop them."""
+        after its last checkpoint) or, at step 0, to an earlier run in the same directory: drop them. An
+        evaluation *at* ``step`` that the checkpoint does not record is dropped too (it is redone)."""
         assert self._metrics_log is not None and self._eval_log is not None
         if step == 0 and self.checkpoints.latest_path.exists():
             warnings.warn(
                 f"{self.out_dir} already holds a run; starting over at step 0 (pass resume=True to continue it)",
                 stacklevel=4,
             )
+        evaluated = self.last_eval_step == step
         self._metrics_log.truncate_after(step)
-        self._eval_log.truncate_after(step)
+        self._eval_log.truncate_after(step if evaluated else step - 1)
         for _, scored_step, path in self.checkpoints.ranked():
-            if scored_step > step:
+            if scored_step > step or (scored_step == step and not evaluated):
                 path.unlink(missing_ok=True)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -342,8 +427,9 @@ class Trainer:
         """Run until ``cfg.steps``; evaluate and checkpoint on the configured cadence and at the end.
 
         Returns:
-            Final metrics: ``step``, ``epoch``, ``wall_time``, ``train_loss`` (last logged mean) and the
-            last evaluation's metrics.
+            Final metrics: ``step``, ``epoch``, ``wall_time`` (training plus evaluations),
+            ``train_wall_s`` (training alone), ``train_loss`` (last logged mean) and the last
+            evaluation's metrics.
         """
         cfg = self.cfg
         ok = False
@@ -356,8 +442,9 @@ class Trainer:
                 disable=not self.dist.is_main,
             )
             stream = self.batches.iterate(self.step)
-            started = time.perf_counter() - self.wall_time
+            self._started = started = time.perf_counter() - self.wall_time
             self._last_row_time, self._last_row_step = time.perf_counter(), self.step
+            self._last_row_eval = self.eval_time
             while self.step < cfg.steps:
                 self.epoch, batch = next(stream)
                 with_stats = cfg.diag_every > 0 and self.step % cfg.diag_every == 0
@@ -370,13 +457,13 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     self.log_metrics(lr)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self.evaluate()
+                    self.evaluate(final=self.step == cfg.steps)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
             if self.last_eval_step != self.step and (self.evaluate_fn is not None or self.val_dataset is not None):
-                self.evaluate()
-            if self._saved_step != self.step:
-                self.save_checkpoint()
+                self.evaluate(final=True)
+            if self._saved_step != self.step or self._saved_eval_step != self.last_eval_step:
+                self.save_checkpoint()  # the checkpoint records the final evaluation: a resume never redoes it
             ok = True
             return self.final_metrics()
         finally:
@@ -433,14 +520,16 @@ class Trainer:
             )
         now = time.perf_counter()
         steps = self.step - self._last_row_step
-        samples_per_s = steps * self.cfg.batch_size * self.dist.world_size / max(now - self._last_row_time, 1e-9)
-        self._last_row_time, self._last_row_step = now, self.step
+        busy = now - self._last_row_time - (self.eval_time - self._last_row_eval)  # evaluations excluded
+        samples_per_s = steps * self.cfg.batch_size * self.dist.world_size / max(busy, 1e-9)
+        self._last_row_time, self._last_row_step, self._last_row_eval = now, self.step, self.eval_time
         base = {
             "step": self.step,
             "epoch": self.epoch,
             "loss": means["loss"],
             "lr": lr,
             "wall_time": self.wall_time,
+            "train_wall_s": self.wall_time - self.eval_time,
             "samples_per_s": samples_per_s,
         }
         row = {**base, **{k: v for k, v in means.items() if k not in base}}
@@ -455,11 +544,18 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------------
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, final: bool | None = None) -> dict[str, float]:
         """Evaluate the EMA model on rank 0 (others wait), log to ``eval.csv``, keep top-k checkpoints.
 
-        Global random states are restored afterwards, so evaluating never changes the training run.
+        Args:
+            final: passed to ``evaluate_fn``; default: whether ``step`` has reached ``train.steps``.
+
+        Global random states are restored afterwards, so evaluating never changes the training run. The
+        row's ``eval_s`` is this evaluation's duration, ``wall_time`` the run's time at its end
+        (evaluations included) and ``train_wall_s`` the training time alone.
         """
+        final = self.step >= self.cfg.steps if final is None else bool(final)
+        started = time.perf_counter()
         metrics: dict[str, float] = {}
         if self.dist.is_main:
             model = self.ema.model if self.ema is not None else self.model
@@ -470,12 +566,21 @@ class Trainer:
                     if self.val_dataset is not None:
                         metrics["val_loss"] = self.validation_loss(model)
                     if self.evaluate_fn is not None:
-                        metrics.update(self._checked_eval(self.evaluate_fn(model)))
+                        metrics.update(self._checked_eval(self.evaluate_fn(model, step=self.step, final=final)))
                 finally:
                     model.train(was_training)
             if self.evaluate_fn is None and "val_loss" in metrics:
                 metrics["score"] = -metrics["val_loss"]
-            row = {"step": self.step, "epoch": self.epoch, "wall_time": self.wall_time, **metrics}
+            spent = time.perf_counter() - started
+            wall = (time.perf_counter() - self._started) if self._started is not None else self.wall_time + spent
+            row = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "wall_time": wall,
+                "train_wall_s": wall - self.eval_time - spent,
+                "eval_s": spent,
+                **metrics,
+            }
             assert self._eval_log is not None and self._tb is not None
             self._eval_log.write(row)
             self._tb.write("eval", metrics, self.step)
@@ -483,10 +588,13 @@ class Trainer:
                 self._pbar.write(f"step {self.step}: score {metrics['score']:.4f}")
         metrics = broadcast_from_main(metrics)
         self.last_eval, self.last_eval_step = metrics, self.step
-        if "score" in metrics and self.cfg.keep_top_k > 0:
-            state = self.checkpoint_state()
-            if state is not None:
-                self.checkpoints.save_scored(state, self.step, metrics["score"])
+        if "score" in metrics and self.cfg.keep_top_k > 0 and self.dist.is_main:
+            weights = (self.ema.model if self.ema is not None else self.model).state_dict()
+            meta = {"weights": "ema" if self.ema is not None else "model", "config_yaml": self.config_yaml}
+            self.checkpoints.save_scored(weights, meta, self.step, metrics["score"])
+        self.eval_time += time.perf_counter() - started
+        if self._started is not None:
+            self.wall_time = time.perf_counter() - self._started
         return metrics
 
     @staticmethod
@@ -533,6 +641,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.batches.position(self.step)[0],
             "wall_time": self.wall_time,
+            "eval_time": self.eval_time,
             "world_size": self.dist.world_size,
             "noise_seeds": list(self.noise_seeds),
             "rng": rng_all,
@@ -547,11 +656,32 @@ class Trainer:
         """Write ``checkpoints/latest.pt`` atomically (rank 0). Every rank must call it."""
         state = self.checkpoint_state()
         path = self.checkpoints.save_latest(state) if state is not None else None
-        self._saved_step = self.step
+        self._saved_step, self._saved_eval_step = self.step, self.last_eval_step
         barrier()
         return path
 
+    def _check_resume_config(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a continuation whose configuration differs from the checkpoint's beyond ``allow_changes``."""
+        try:
+            saved = yaml.safe_load(state.get("config_yaml") or "null")
+        except yaml.YAMLError:
+            saved = None
+        if not isinstance(saved, dict):
+            saved = {"train": state.get("train_config", {})}
+        diffs = config_changes(saved, self.full_config, self.allow_changes)
+        if diffs:
+            raise UserError(
+                f"resume: {path} was trained with another configuration ({'; '.join(diffs)}); use the "
+                f"checkpoint's values or a new out_dir (a resume may change only: {', '.join(self.allow_changes)})"
+            )
+        if int(state["step"]) > self.cfg.steps:
+            raise UserError(
+                f"resume: train.steps={self.cfg.steps} is below the step of {path} ({int(state['step'])}); "
+                "a resumed run can only extend its budget"
+            )
+
     def _restore(self, state: dict[str, Any], path: Path) -> None:
+        self._check_resume_config(state, path)
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             if state.get("ema") is None:
@@ -566,17 +696,10 @@ class Trainer:
         self.step = self._saved_step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.wall_time = float(state.get("wall_time", 0.0))
+        self.eval_time = float(state.get("eval_time", 0.0))
         self.last_eval = dict(state.get("last_eval", {}))
-        self.last_eval_step = int(state.get("last_eval_step", -1))
+        self.last_eval_step = self._saved_eval_step = int(state.get("last_eval_step", -1))
         self._window.load_state_dict(state["log_state"])
-        saved = state.get("train_config", {})
-        for key in ("seed", "batch_size"):
-            if key in saved and saved[key] != getattr(self.cfg, key):
-                warnings.warn(
-                    f"{path} was trained with train.{key}={saved[key]!r}, now {getattr(self.cfg, key)!r}; "
-                    "the continuation will not match the original run",
-                    stacklevel=3,
-                )
         rng = state["rng"]
         if state.get("world_size", 1) != self.dist.world_size or self.dist.rank >= len(rng):
             warnings.warn(
@@ -594,15 +717,20 @@ class Trainer:
     # -- results and shutdown ----------------------------------------------------------------------
 
     def final_metrics(self) -> dict[str, float]:
-        """``step``, ``epoch``, ``wall_time``, ``train_loss`` and the last evaluation's metrics."""
-        out: dict[str, float] = {"step": self.step, "epoch": self.epoch, "wall_time": self.wall_time}
+        """``step``, ``epoch``, ``wall_time``, ``train_wall_s``, ``train_loss`` and the last evaluation's metrics."""
+        out: dict[str, float] = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "wall_time": self.wall_time,
+            "train_wall_s": self.wall_time - self.eval_time,
+        }
         if "loss" in self.last_train:
             out["train_loss"] = self.last_train["loss"]
         out.update(self.last_eval)
         return out
 
     def close(self, clean: bool = True) -> None:
-        """Close logs, put the single-process assigner back and, when this trainer started the process
+        """Close logs and, when this trainer started the process
         group, shut it down (dropping the DDP wrapper and optimizer first). Called by ``train``."""
         if self._closed:
             return
@@ -611,7 +739,6 @@ class Trainer:
             self._pbar.close()
         if self._tb is not None:
             self._tb.close()
-        disable_global_lsa(self.model)
         if self.dist.is_distributed:
             self.train_model = self.model
             self.optimizer = None  # type: ignore[assignment]
