@@ -1,4 +1,9 @@
-"""Console entry points of diffpolicy_immix (``dpi-*``)."""
+"""Console entry points of diffpolicy_immix (``dpi-*``).
+
+Input errors (the toolkit's ``UserError`` and the data layer's ``DatasetError``) print one line,
+``error: <message>``, and exit with status 2 before any long work starts; any other exception is a defect
+and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from diffpolicy_immix.errors import MissingInputError, UserError
 from diffpolicy_immix.immiscible import ASSIGNERS, make_assigner, miscibility_stats
 
 
@@ -51,8 +57,13 @@ def demo(argv: list[str] | None = None) -> None:
 # -- shared plumbing --------------------------------------------------------------------------------
 
 CONFIG_PATH = "pkg://diffpolicy_immix_configs"
-# Errors a user can act on: printed as one line, exit status 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can act on: printed as one line, exit status 2, no traceback."""
+    from diffpolicy_immix.data import DatasetError
+
+    return (UserError, DatasetError)
 
 
 def fail(message: str) -> NoReturn:
@@ -67,7 +78,7 @@ def run_hydra(config_name: str, task_fn: Callable[[Any], None]) -> None:
     def guarded(cfg: Any) -> None:
         try:
             task_fn(cfg)
-        except USER_ERRORS as err:
+        except _user_errors() as err:
             fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
 
     guarded.__name__ = task_fn.__name__
@@ -80,15 +91,27 @@ def run_hydra(config_name: str, task_fn: Callable[[Any], None]) -> None:
 def _collect(cfg: Any) -> None:
     from diffpolicy_immix.data import collect_demonstrations
 
-    task = cfg.task
-    episodes = cfg.episodes if cfg.episodes is not None else task.demos.episodes
-    seed = cfg.seed if cfg.seed is not None else task.demos.seed
-    out = cfg.out or task.dataset
+    plain = _plain(cfg)
+    task = plain["task"]
+    kind = task.get("kind", "policy")
+    if kind != "policy" or "env_id" not in task or "demos" not in task:
+        raise UserError(
+            f"task={task.get('name')} (kind {kind!r}) has no scripted expert to collect; dpi-collect needs a "
+            "policy task with task.env_id and task.demos (e.g. task=reach_around)"
+        )
+    episodes = plain["episodes"] if plain["episodes"] is not None else task["demos"]["episodes"]
+    seed = plain["seed"] if plain["seed"] is not None else task["demos"]["seed"]
+    out = plain["out"] or task["dataset"]
     summary = collect_demonstrations(
-        task.env_id, out, episodes=int(episodes), seed=int(seed), max_steps=cfg.max_steps, keep_failed=cfg.keep_failed
+        task["env_id"],
+        out,
+        episodes=int(episodes),
+        seed=int(seed),
+        max_steps=plain["max_steps"],
+        keep_failed=plain["keep_failed"],
     )
     print(
-        f"{task.name}: expert success {summary['episodes_succeeded']}/{summary['episodes_attempted']} "
+        f"{task['name']}: expert success {summary['episodes_succeeded']}/{summary['episodes_attempted']} "
         f"({100 * summary['success_rate']:.1f}%), mean max score {summary['mean_score']:.3f}; "
         f"stored {summary['episodes_kept']} episodes, {summary['steps']} steps -> {summary['path']} "
         f"({summary['steps_per_s']:.0f} env steps/s)"
@@ -101,8 +124,11 @@ def collect() -> None:
 
 
 def data(argv: list[str] | None = None) -> None:
-    """``dpi-data info PATH`` | ``dpi-data validate PATH``: inspect or check a zarr demonstration store."""
+    """``dpi-data info PATH`` | ``dpi-data validate PATH``: inspect or check a demonstration store (zarr,
+    robomimic HDF5 or LeRobot folder); ``dpi-data convert SRC DST.zarr [--mask NAME]``: convert one of the
+    latter to a zarr store."""
     from diffpolicy_immix.data import DatasetError, describe_store, validate_store
+    from diffpolicy_immix.data.convert import convert, describe_source, detect_format, validate_source
 
     parser = argparse.ArgumentParser(prog="dpi-data", description=data.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,24 +136,54 @@ def data(argv: list[str] | None = None) -> None:
         "path"
     )
     sub.add_parser("validate", help="exit non-zero with the first problem found").add_argument("path")
+    conv = sub.add_parser("convert", help="robomimic HDF5 / LeRobot folder -> zarr (Diffusion Policy's layout)")
+    conv.add_argument("src", help="a robomimic .hdf5 file or a local LeRobot dataset folder")
+    conv.add_argument("dst", help="the zarr store to write (e.g. datasets/lift.zarr)")
+    conv.add_argument("--mask", default=None, help="robomimic filter key: keep only the demos in mask/<NAME>")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     args = parser.parse_args(argv)
     try:
-        if args.command == "info":
-            print(describe_store(args.path))
-        else:
-            summary = validate_store(args.path)
-            print(f"{args.path}: valid ({summary['n_episodes']} episodes, {summary['n_steps']} steps)")
-    except (DatasetError, FileNotFoundError, ValueError) as err:
-        fail(str(err))
+        try:
+            if args.command == "convert":
+                s = convert(args.src, args.dst, mask=args.mask, overwrite=args.overwrite)
+                print(
+                    f"{args.src} ({s['format']}): {s['episodes']} episodes, {s['steps']} steps, keys "
+                    f"{', '.join(s['keys'])} -> {s['path']} ({s['seconds']:.1f} s, {s['steps_per_s']:.0f} steps/s)"
+                )
+            elif detect_format(args.path) != "zarr":  # a robomimic HDF5 file or a LeRobot folder
+                if args.command == "info":
+                    print(describe_source(args.path))
+                else:
+                    s = validate_source(args.path)
+                    print(f"{args.path}: valid {s['format']} ({s['n_episodes']} episodes, {s['n_steps']} steps)")
+            elif args.command == "info":
+                print(describe_store(args.path))
+            elif args.command == "validate":
+                summary = validate_store(args.path)
+                print(f"{args.path}: valid ({summary['n_episodes']} episodes, {summary['n_steps']} steps)")
+        except RuntimeError as err:  # a codec error while reading the arrays (e.g. a corrupt chunk)
+            if args.command == "convert":
+                raise
+            from diffpolicy_immix.app import unreadable_store_error
+
+            raise unreadable_store_error(args.path, err) from err
+    except (DatasetError, UserError, FileNotFoundError) as err:
+        fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
 
 
 # -- dpi-train / dpi-eval ---------------------------------------------------------------------------
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
+    """The composed config as plain containers; a mandatory value left unset (``???``) is a UserError."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", "") or "a mandatory value"
+        raise UserError(f"{key} is required: set {key}=<value>") from None
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     return plain
@@ -138,9 +194,22 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
     print(title + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
 
 
-def _train(cfg: Any) -> None:
-    from diffpolicy_immix.training.recipes import run_training
+def _check_train_choice(cfg: Any) -> None:
+    """``train`` is an optional group (``train: ${task}``), so Hydra ignores a ``train=NAME`` that names no
+    config; refuse it here, listing the group's configs (the packaged ones and any ``--config-dir``'s)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
+    from diffpolicy_immix.preflight import check_train_choice
+
+    options = GlobalHydra.instance().config_loader().get_group_options("train")
+    check_train_choice(HydraConfig.get().runtime.choices.get("train"), str(cfg.task.name), options)
+
+
+def _train(cfg: Any) -> None:
+    from diffpolicy_immix.app import run_training
+
+    _check_train_choice(cfg)
     final = run_training(_plain(cfg))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         _print_metrics(f"finished {final['out_dir']}: ", final)
@@ -151,19 +220,28 @@ def train() -> None:
     run_hydra("dpi_train", _train)
 
 
-def _load_trained(cfg: Any, kind: str, other_command: str) -> tuple[Path, torch.device, Any, dict[str, Any]]:
-    """(checkpoint path, device, model with EMA weights unless ema=false, run config) for dpi-eval/dpi-sample."""
-    from diffpolicy_immix.training.recipes import load_model
+def _load_trained(
+    cfg: Any, kind: str, other_command: str, task_overrides: dict[str, Any] | None = None
+) -> tuple[Path, torch.device, Any, dict[str, Any]]:
+    """(checkpoint path, device, model with EMA weights unless ema=false, run config) for dpi-eval/dpi-sample.
+
+    The checkpoint is a run's ``checkpoints/latest.pt`` or one of its weights-only ``.safetensors`` files;
+    ``task_overrides`` (dpi-eval's ``task.*``) replace fields of a policy checkpoint's task.
+    """
+    from diffpolicy_immix.app import load_model
     from diffpolicy_immix.training.trainer import resolve_device
 
-    ckpt = Path(str(cfg.checkpoint))
+    ckpt = Path(str(_plain(cfg)["checkpoint"]))
     if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint={ckpt} does not exist")
-    device = resolve_device(str(cfg.device))
-    model, run_cfg = load_model(ckpt, use_ema=bool(cfg.ema), device=device)
+        raise MissingInputError(f"checkpoint={ckpt} does not exist")
+    try:
+        device = resolve_device(str(cfg.device))
+    except ValueError as err:
+        raise UserError(str(err).replace("train.device", "device")) from None
+    model, run_cfg = load_model(ckpt, use_ema=bool(cfg.ema), device=device, task_overrides=task_overrides)
     found = run_cfg["task"].get("kind", "policy")
     if found != kind:
-        raise ValueError(f"{ckpt} holds a {found} model; use {other_command} for it")
+        raise UserError(f"{ckpt} holds a {found} model; use {other_command} for it")
     return ckpt, device, model, run_cfg
 
 
@@ -171,47 +249,61 @@ def _evaluate(cfg: Any) -> None:
     import csv
     import json
 
+    from diffpolicy_immix.app import PolicyEvalConfig
     from diffpolicy_immix.evaluation import rollout_episodes, summarize_episodes
+    from diffpolicy_immix.preflight import check_policy_env
+    from diffpolicy_immix.utils.io import atomic_write
 
-    ckpt, device, model, run_cfg = _load_trained(cfg, "policy", "dpi-sample")
+    plain = _plain(cfg)
+    ckpt, device, model, run_cfg = _load_trained(cfg, "policy", "dpi-sample", plain.get("task"))
     task = run_cfg["task"]
+    if task.get("env_id") is None:
+        raise UserError(f"{ckpt}: its task has no env_id to evaluate on; set task.env_id=<gymnasium id>")
+    spec = check_policy_env(task, model.obs_dim, model.action_dim, str(ckpt))  # env vs the policy's dims
+    settings = PolicyEvalConfig.from_task(task)
+    video_size = int(cfg.video_size) if cfg.get("video_size") is not None else settings.video_size
+    n_episodes = plain["episodes"] if plain["episodes"] is not None else settings.episodes
+    max_steps = plain["max_steps"] if plain["max_steps"] is not None else settings.max_steps
+    for key, value, low in (("episodes", n_episodes, 1), ("max_steps", max_steps, 1), ("n_envs", plain["n_envs"], 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise UserError(f"{key}={value!r} is invalid; it must be an integer >= {low}")
     out = Path(str(cfg.out)) if cfg.out else ckpt.parent.parent / "eval" / ckpt.stem
     out.mkdir(parents=True, exist_ok=True)
     episodes = rollout_episodes(
         model,
-        str(task["env_id"]),
-        n_episodes=int(cfg.episodes),
+        spec,
+        n_episodes=n_episodes,
         seed_offset=int(cfg.seed_offset),
         n_envs=int(cfg.n_envs),
-        vector_mode=str(cfg.vector_mode or task.get("eval", {}).get("vector_mode", "sync")),
+        vector_mode=str(cfg.vector_mode or settings.vector_mode),
+        max_steps=max_steps,
         video_dir=out / "videos" if cfg.video else None,
         n_videos=int(cfg.n_videos) if cfg.video else 0,
+        video_size=video_size,
         device=device,
         generator=torch.Generator(device=device).manual_seed(int(run_cfg.get("seed", 0))),
     )
     metrics = summarize_episodes(episodes)
     rows = [e.as_dict() for e in episodes]
-    tmp = out / f".episodes.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(out / "episodes.csv", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "episodes.csv")
-    tmp = out / f".metrics.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    with atomic_write(out / "metrics.json") as f:
+        f.write(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2))
     _print_metrics(f"{task['name']} ({ckpt}): ", metrics)
     print(f"per-episode results and videos: {out}")
 
 
 def evaluate() -> None:
-    """``dpi-eval checkpoint=PATH [episodes=50] [video=true]``."""
+    """``dpi-eval checkpoint=PATH [episodes=50] [video=true] [task.n_action_steps=4] [task.env_id=ID]
+    [++task.env_kwargs.KEY=VALUE] [task.success=...] [task.max_episode_steps=N]``."""
     run_hydra("dpi_eval", _evaluate)
 
 
 def _sample(cfg: Any) -> None:
+    from diffpolicy_immix.app import image_metric
     from diffpolicy_immix.imagegen import sample_and_score
-    from diffpolicy_immix.training.recipes import image_metric
 
     ckpt, device, model, run_cfg = _load_trained(cfg, "image", "dpi-eval")
     task = run_cfg["task"]
@@ -238,8 +330,8 @@ def sample() -> None:
 
 
 def quickstart(argv: list[str] | None = None) -> None:
-    """The README's main job: on ReachAround, collect demonstrations if missing, train a vanilla and an
-    immiscible (KNN, k=2) diffusion policy side by side on a short budget, evaluate both on held-out
+    """The README's main job: on PointMaze, collect demonstrations if missing, train a vanilla and an
+    immiscible (KNN, k=2) diffusion policy side by side with the task's recipe, evaluate both on held-out
     seeds and print the comparison (``dpi-compare experiment=quickstart``; extra ``key=value`` overrides
     pass through)."""
     from diffpolicy_immix.experiments import compare_cli

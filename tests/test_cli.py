@@ -7,11 +7,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from diffpolicy_immix.training import load_checkpoint, load_weights
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
@@ -68,20 +73,117 @@ def test_train_evaluate_policy_and_resume(demos: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert (out / "checkpoints" / "latest.pt").is_file() and (out / "config.yaml").is_file()
     evals = rows(out / "eval.csv")
-    assert [r["step"] for r in evals] == ["6"] and 0.0 <= float(evals[0]["success_rate"]) <= 1.0
+    assert [r["step"] for r in evals] == ["6"] and float(evals[0]["eval_episodes"]) == 2  # the final: all episodes
+    assert float(evals[0]["train_wall_s"]) + float(evals[0]["eval_s"]) <= float(evals[0]["wall_time"])
     metrics = rows(out / "metrics.csv")
     assert float(metrics[-1]["distance_reduction_pct"]) > 0  # knn noise is closer than random pairing
 
-    run("dpi-eval", f"checkpoint={out / 'checkpoints' / 'latest.pt'}", "episodes=3", "n_envs=3", cwd=tmp_path)
-    result = json.loads((out / "eval" / "latest" / "metrics.json").read_text())
-    assert result["n_episodes"] == 3 and 0.0 <= result["success_rate"] <= 1.0
+    # The weights-only top-k file and latest.pt hold the same EMA weights, and dpi-eval on either repeats
+    # the training's final evaluation exactly (same test seeds, same sampling generator).
+    (scored,) = (out / "checkpoints").glob("step=000006-*.safetensors")
+    weights, meta = load_weights(scored)
+    ema = load_checkpoint(out / "checkpoints" / "latest.pt")["ema"]["model"]
+    assert meta["weights"] == "ema" and all(torch.equal(weights[k], ema[k]) for k in ema)
+    for ckpt in (out / "checkpoints" / "latest.pt", scored):
+        run("dpi-eval", f"checkpoint='{ckpt}'", "episodes=2", "n_envs=2", cwd=tmp_path)
+        result = json.loads((out / "eval" / ckpt.stem / "metrics.json").read_text())
+        assert result["mean_max_reward"] == float(evals[0]["mean_max_reward"]), ckpt.name
+        assert result["success_rate"] == float(evals[0]["success_rate"]), ckpt.name
     seeds = [int(r["seed"]) for r in rows(out / "eval" / "latest" / "episodes.csv")]
-    assert seeds == [100000, 100001, 100002]
+    assert seeds == [100000, 100001]
+    raw = run("dpi-eval", f"checkpoint='{scored}'", "ema=false", cwd=tmp_path, ok=False)
+    assert raw.returncode == 2 and "holds only the EMA weights" in raw.stderr
 
     # a longer budget resumes from the step-6 checkpoint instead of starting over
     run("dpi-train", *common[:3], "train.steps=9", *common[4:], "resume=true", cwd=tmp_path)
     steps = [int(r["step"]) for r in rows(out / "metrics.csv")]
     assert steps == [2, 4, 6, 8, 9]  # rows continue after step 6; the final step is always logged
+    # resuming the finished run again adds nothing; another assigner setting is refused, naming the key
+    before = (out / "eval.csv").read_text()
+    run("dpi-train", *common[:3], "train.steps=9", *common[4:], "resume=true", cwd=tmp_path)
+    assert (out / "eval.csv").read_text() == before
+    changed = run(
+        "dpi-train",
+        *common[:3],
+        "train.steps=9",
+        *common[4:11],
+        "assign.k=3",
+        *common[12:],
+        "resume=true",
+        cwd=tmp_path,
+        ok=False,
+    )
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "error: resume:" in changed.stderr and "assign.k: 2 -> 3" in changed.stderr
+    assert (out / "eval.csv").read_text() == before and "k: 2" in (out / "config.yaml").read_text()
+
+
+KILL_RUN = [
+    "task=reach_around",
+    "train=quick",
+    "train.steps=12",
+    "train.eval_every=6",
+    "train.checkpoint_every=4",
+    "train.log_every=1",
+    "task.eval.episodes=2",
+    "++task.eval.episodes_mid=1",
+    "task.eval.n_envs=2",
+    "assign=knn",
+    "assign.k=2",
+    "threads=1",
+]
+
+
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_run_bit_for_bit(demos: Path, tmp_path: Path) -> None:
+    """DiffusionPolicy + knn through dpi-train: a run killed with SIGKILL after its step-4 checkpoint and
+    resumed writes the same metrics rows (losses, lr, diagnostics) and evaluations, and ends with the same
+    weights, as an uninterrupted run."""
+    common = [f"task.dataset={demos}", *KILL_RUN]
+    ref = subprocess.Popen(
+        [str(BIN / "dpi-train"), *common, "out_dir=ref"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = subprocess.Popen(
+        [str(BIN / "dpi-train"), *common, "out_dir=run"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = tmp_path / "run" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        if metrics.is_file() and len(rows(metrics)) >= 6:  # past the step-4 checkpoint, before the end
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] in (4, 8)
+    run("dpi-train", *common, "out_dir=run", "resume=true", cwd=tmp_path)
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-3000:]
+
+    ref_rows, run_rows = rows(tmp_path / "ref" / "metrics.csv"), rows(tmp_path / "run" / "metrics.csv")
+    timing = {"wall_time", "train_wall_s", "samples_per_s", "eval_s"}
+    assert [r["step"] for r in run_rows] == [str(s) for s in range(1, 13)]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in run_rows] == [
+        {k: v for k, v in r.items() if k not in timing} for r in ref_rows
+    ]
+    ref_eval, run_eval = rows(tmp_path / "ref" / "eval.csv"), rows(tmp_path / "run" / "eval.csv")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in run_eval] == [
+        {k: v for k, v in r.items() if k not in timing} for r in ref_eval
+    ]
+    assert [float(r["eval_episodes"]) for r in run_eval] == [1.0, 2.0]  # mid-training: episodes_mid; final: all
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    for part in ("model", "ema"):
+        state_a = a[part] if part == "model" else a[part]["model"]
+        state_b = b[part] if part == "model" else b[part]["model"]
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a), part
 
 
 def test_train_and_sample_image_model(tmp_path: Path) -> None:
@@ -114,13 +216,32 @@ def test_train_and_sample_image_model(tmp_path: Path) -> None:
         ("dpi-train", ["train.steps=-5"], "steps"),
         ("dpi-train", ["assign=knn", "assign.k=0"], "k=0"),
         ("dpi-train", ["objective.prediction_type=velocity"], "prediction_type='velocity'"),
-        ("dpi-train", ["policy.down_dims=[64,128,256,512,1024]"], "horizon=16 must be divisible"),
+        ("dpi-train", ["policy=unet_cpu", "policy.down_dims=[64,128,256,512,1024]"], "horizon=16 must be divisible"),
         ("dpi-eval", ["checkpoint=/nonexistent/latest.pt"], "checkpoint=/nonexistent/latest.pt does not exist"),
         ("dpi-sample", ["checkpoint=/nonexistent/x.pt"], "does not exist"),
+        ("dpi-eval", ["checkpoint=garbage.pt"], "garbage.pt: refused by safe (weights_only) loading"),
+        ("dpi-eval", ["checkpoint=garbage.safetensors"], "garbage.safetensors: not a readable safetensors file"),
+        ("dpi-train", ["resume=/nonexistent/latest.pt"], "resume=/nonexistent/latest.pt is not a file"),
+        ("dpi-train", ["++task.eval.episodes_mid=0"], "task.eval.episodes_mid=0 is invalid"),
+        ("dpi-train", ["++task.eval.video_size=8"], "task.eval.video_size=8 is invalid"),
+        ("dpi-train", ["task.dataset=missing.zarr", "task.env_id=null"], "task.env_id is missing"),
+        ("dpi-train", ["task=image_folder"], "task.root is required: set task.root=<value>"),
+        ("dpi-train", ["task=image_folder", "task.root=garbage.pt"], "task.root=garbage.pt is not a folder"),
+        ("dpi-train", ["task=image_folder", "task.root=nowhere"], "task.root=nowhere does not exist"),
+        ("dpi-collect", ["task=image_digits"], "task=image_digits (kind 'image') has no scripted expert"),
+        ("dpi-data", ["validate", "corrupt.zarr"], "corrupt.zarr: data/action: unreadable data"),
+        ("dpi-train", ["task.dataset=corrupt.zarr"], "corrupt.zarr: data/action: unreadable data"),
     ],
 )
 def test_bad_input_is_a_one_line_error(demos: Path, tmp_path: Path, cmd: str, args: list[str], message: str) -> None:
-    extra = [f"task.dataset={demos}", "out_dir=never"] if cmd == "dpi-train" else []
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x04not a checkpoint")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a weights file")
+    corrupt = tmp_path / "corrupt.zarr"  # a damaged compressed chunk
+    subprocess.run(["cp", "-r", str(demos), str(corrupt)], check=True)
+    (corrupt / "data" / "action" / "c" / "0" / "0").write_bytes(b"garbage")
+    extra = []
+    if cmd == "dpi-train":  # policy runs on the small demonstration store; other tasks as configured
+        extra = ["out_dir=never"] + ([] if any(a.startswith("task=") for a in args) else [f"task.dataset={demos}"])
     proc = run(cmd, *extra, *args, cwd=tmp_path, ok=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -169,7 +290,7 @@ def test_train_under_torchrun_ddp(demos: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quickstart_main_job(tmp_path: Path) -> None:
-    """The README's main command end to end (about 7-10 minutes on 2 cores)."""
+    """The README's main command end to end (about 5-7 minutes on 2 cores)."""
     proc = run("dpi-quickstart", cwd=tmp_path, timeout=1800)
     assert "final success_rate" in proc.stdout and "knn-k2" in proc.stdout
     report = tmp_path / "runs" / "compare" / "quickstart" / "report.md"

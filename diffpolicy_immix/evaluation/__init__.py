@@ -1,5 +1,6 @@
 """Policy evaluation: seeded vectorized rollouts, metrics and videos."""
 
+from diffpolicy_immix.evaluation.envspec import EnvSpec, SuccessSpec, success_from_step
 from diffpolicy_immix.evaluation.rollout import (
     EpisodeGuard,
     EpisodeResult,
@@ -11,11 +12,14 @@ from diffpolicy_immix.evaluation.rollout import (
 from diffpolicy_immix.evaluation.video import write_video
 
 __all__ = [
+    "EnvSpec",
     "EpisodeGuard",
     "EpisodeResult",
+    "SuccessSpec",
     "evaluate_policy",
     "make_env",
     "rollout_episodes",
+    "success_from_step",
     "summarize_episodes",
     "write_video",
 ]
