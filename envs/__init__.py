@@ -14,6 +14,8 @@ obs, reward, terminated, truncated, info = env.step(expert.act(env, obs))
 | push_block     | immix/PushBlock-v0      | Box(6,)     | target xy, m            |
 | point_maze     | immix/PointMaze-v0      | Box(6,)     | force in [-1, 1]^2      |
 | pusht          | immix/PushT-v0          | Box(20,)    | target xy in [0, 512]^2 |
+| reach_around_image | immix/ReachAroundImage-v0 | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
+| push_block_image   | immix/PushBlockImage-v0   | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
 
 Every task reports ``info["success"]`` (bool) and ``info["score"]`` (float in [0, 1]) on every step; the
 reward equals the score, and an episode terminates on success. See docs/tasks.md.
@@ -34,6 +36,8 @@ TASK_IDS: dict[str, str] = {
     "push_block": "immix/PushBlock-v0",
     "point_maze": "immix/PointMaze-v0",
     "pusht": "immix/PushT-v0",
+    "reach_around_image": "immix/ReachAroundImage-v0",
+    "push_block_image": "immix/PushBlockImage-v0",
 }
 
 # id -> (entry point, max_episode_steps)
@@ -42,6 +46,14 @@ _SPECS: dict[str, tuple[str, int]] = {
     "immix/PushBlock-v0": ("diffpolicy_immix_envs.push_block:PushBlockEnv", 200),
     "immix/PointMaze-v0": ("diffpolicy_immix_envs.point_maze:PointMazeEnv", 400),
     "immix/PushT-v0": ("diffpolicy_immix_envs.pusht:PushTKeypointEnv", 300),
+    "immix/ReachAroundImage-v0": ("diffpolicy_immix_envs.reach_around:ReachAroundEnv", 60),
+    "immix/PushBlockImage-v0": ("diffpolicy_immix_envs.push_block:PushBlockEnv", 200),
+}
+
+# id -> default constructor kwargs (the camera variants of the state tasks)
+_KWARGS: dict[str, dict[str, Any]] = {
+    "immix/ReachAroundImage-v0": {"obs_mode": "pixels_state"},
+    "immix/PushBlockImage-v0": {"obs_mode": "pixels_state"},
 }
 
 
@@ -49,7 +61,9 @@ def register_envs() -> None:
     """Register every ``immix/`` id with gymnasium (idempotent; done on import)."""
     for env_id, (entry_point, max_steps) in _SPECS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_steps)
+            gym.register(
+                id=env_id, entry_point=entry_point, max_episode_steps=max_steps, kwargs=dict(_KWARGS.get(env_id, {}))
+            )
 
 
 def resolve_task(task_or_id: str) -> str:

@@ -180,11 +180,40 @@ def _pusht_expert(seed: int = 0, **kwargs: Any) -> Expert:
     return PushTExpert(seed=seed, **kwargs)
 
 
+class StateObsExpert:
+    """An expert of a state-observation task acting in its ``pixels_state`` variant: it reads the
+    ``"state"`` entry of the dict observation (the same vector the state task observes)."""
+
+    def __init__(self, inner: Expert) -> None:
+        self.inner = inner
+        self.name = str(getattr(inner, "name", type(inner).__name__))
+
+    def __getattr__(self, name: str) -> Any:  # mode, route, ... of the wrapped expert
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def reset(self, env: gym.Env) -> None:
+        self.inner.reset(env)
+
+    def act(self, env: gym.Env, obs: Any) -> np.ndarray:
+        return self.inner.act(env, obs["state"] if isinstance(obs, dict) else obs)
+
+
+def _state_view(make: Any) -> Any:
+    def build(seed: int = 0, **kwargs: Any) -> Expert:
+        return StateObsExpert(make(seed=seed, **kwargs))
+
+    return build
+
+
 EXPERTS: dict[str, Any] = {
     "immix/ReachAround-v0": ReachAroundExpert,
     "immix/PushBlock-v0": _push_block_expert,
     "immix/PointMaze-v0": PointMazeExpert,
     "immix/PushT-v0": _pusht_expert,
+    "immix/ReachAroundImage-v0": _state_view(ReachAroundExpert),
+    "immix/PushBlockImage-v0": _state_view(_push_block_expert),
 }
 
 

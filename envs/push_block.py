@@ -6,7 +6,8 @@ an absolute target (``force = 300 (target - q) - 35 dq/dt``, mass 1 kg). Block =
 (0.6 N per axis, 0.02 N m in yaw) plus light damping, so the block only moves while pushed.
 Pusher-block contact friction 0.5. Control 10 Hz (10 physics steps of 10 ms).
 
-Observation ``Box(6,) float32``: ``[pusher_x, pusher_y, block_x, block_y, cos(yaw), sin(yaw)]``.
+Observation ``Box(6,) float32``: ``[pusher_x, pusher_y, block_x, block_y, cos(yaw), sin(yaw)]``; with
+``obs_mode="pixels_state"`` (``immix/PushBlockImage-v0``) a dict ``{"img": uint8 (96, 96, 3), "state": (6,)}``.
 Action ``Box(2,) float32`` in ``[-0.3, 0.3]^2`` m: absolute pusher target position.
 Target pose: fixed at ``(0, 0)`` m, yaw 0. The box footprint is symmetric under a half turn, so the yaw
 error is taken modulo pi (in ``[-pi/2, pi/2)``).
@@ -54,11 +55,18 @@ class PushBlockEnv(MujocoTaskEnv):
     xml_name = "push_block.xml"
     frame_skip = 10
 
-    def __init__(self, render_mode: str | None = None, width: int = 96, height: int = 96) -> None:
-        super().__init__(render_mode=render_mode, width=width, height=height)
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        width: int = 96,
+        height: int = 96,
+        obs_mode: str = "state",
+        image_size: int = 96,
+    ) -> None:
+        super().__init__(render_mode=render_mode, width=width, height=height, obs_mode=obs_mode, image_size=image_size)
         self.action_space = spaces.Box(-TABLE_HALF, TABLE_HALF, shape=(2,), dtype=np.float32)
         high = np.array([TABLE_HALF, TABLE_HALF, TABLE_HALF, TABLE_HALF, 1.0, 1.0], dtype=np.float32)
-        self.observation_space = spaces.Box(-high, high, dtype=np.float32)
+        self.observation_space = self._observation_space(spaces.Box(-high, high, dtype=np.float32))
         self.target_pose = TARGET_POSE.copy()
         self._target_area = BLOCK_HALF[0] * BLOCK_HALF[1] * 4
         self._target_poly = block_footprint(self.target_pose)
@@ -100,13 +108,13 @@ class PushBlockEnv(MujocoTaskEnv):
         self.data.qvel[:] = 0.0
         self.data.ctrl[:] = pusher
         mujoco.mj_forward(self.model, self.data)
-        return self._obs(), self._info()
+        return self._observe(self._obs()), self._info()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -TABLE_HALF, TABLE_HALF)
         self._simulate(action)
         info = self._info()
-        return self._obs(), info["score"], info["success"], False, info
+        return self._observe(self._obs()), info["score"], info["success"], False, info
 
     def _obs(self) -> np.ndarray:
         q = self.data.qpos

@@ -4,7 +4,8 @@ Table ``[-0.5, 0.5]^2`` m, obstacle box ``|x| <= 0.15, |y| <= 0.08`` in the midd
 radius 0.03 m on two slide joints. The start lies below the obstacle and the goal above it, so every
 successful path goes around the left or the right end of the obstacle: demonstrations are bimodal.
 
-Observation ``Box(6,) float32``: ``[x, y, vx, vy, goal_x, goal_y]`` (m, m/s).
+Observation ``Box(6,) float32``: ``[x, y, vx, vy, goal_x, goal_y]`` (m, m/s); with
+``obs_mode="pixels_state"`` (``immix/ReachAroundImage-v0``) a dict ``{"img": uint8 (96, 96, 3), "state": (6,)}``.
 Action ``Box(2,) float32`` in ``[-0.5, 0.5]^2`` m: the absolute target position of the robot, tracked by a
 PD controller (``force = 200 (target - q) - 28 dq/dt``, mass 1 kg); 10 Hz control, 10 physics steps of 0.01 s.
 Success: robot centre within 0.04 m of the goal (the episode then terminates).
@@ -37,11 +38,18 @@ class ReachAroundEnv(MujocoTaskEnv):
     xml_name = "reach_around.xml"
     frame_skip = 10
 
-    def __init__(self, render_mode: str | None = None, width: int = 96, height: int = 96) -> None:
-        super().__init__(render_mode=render_mode, width=width, height=height)
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        width: int = 96,
+        height: int = 96,
+        obs_mode: str = "state",
+        image_size: int = 96,
+    ) -> None:
+        super().__init__(render_mode=render_mode, width=width, height=height, obs_mode=obs_mode, image_size=image_size)
         self.action_space = spaces.Box(-TABLE_HALF, TABLE_HALF, shape=(2,), dtype=np.float32)
         high = np.array([TABLE_HALF, TABLE_HALF, np.inf, np.inf, TABLE_HALF, TABLE_HALF], dtype=np.float32)
-        self.observation_space = spaces.Box(-high, high, dtype=np.float32)
+        self.observation_space = self._observation_space(spaces.Box(-high, high, dtype=np.float32))
         self._goal_site = self.model.site("goal").id
         self.goal = np.array(GOAL_CENTER)
         self.start = np.array(START_CENTER)
@@ -69,13 +77,13 @@ class ReachAroundEnv(MujocoTaskEnv):
         self.data.ctrl[:] = start
         self.model.site_pos[self._goal_site, :2] = goal
         mujoco.mj_forward(self.model, self.data)
-        return self._obs(), self._info()
+        return self._observe(self._obs()), self._info()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -TABLE_HALF, TABLE_HALF)
         self._simulate(action)
         info = self._info()
-        return self._obs(), info["score"], info["success"], False, info
+        return self._observe(self._obs()), info["score"], info["success"], False, info
 
     def _obs(self) -> np.ndarray:
         return np.concatenate([self.data.qpos, self.data.qvel, self.goal]).astype(np.float32)

@@ -43,7 +43,14 @@ def _run_expert(task: str, seed: int, expert_seed: int = 0, max_steps: int | Non
 
 # --- registration and names --------------------------------------------------------------------------
 def test_ids_registered_and_idempotent():
-    assert set(E.TASK_IDS) == {"reach_around", "push_block", "point_maze", "pusht"}
+    assert set(E.TASK_IDS) == {
+        "reach_around",
+        "push_block",
+        "point_maze",
+        "pusht",
+        "reach_around_image",
+        "push_block_image",
+    }
     E.register_envs()  # a second registration must not raise or duplicate
     for env_id in E.TASK_IDS.values():
         assert env_id.startswith("immix/")

@@ -10,14 +10,16 @@ normalizer = ds.get_normalizer()        # LinearNormalizer with keys "obs", "act
 ```
 """
 
+from diffpolicy_immix.data.chunk_cache import ChunkedRows
 from diffpolicy_immix.data.collect import collect_demonstrations
-from diffpolicy_immix.data.dataset import PolicyDataset, parse_obs_key
+from diffpolicy_immix.data.dataset import PolicyDataset, is_image_array, parse_obs_key
 from diffpolicy_immix.data.normalizer import LinearNormalizer
 from diffpolicy_immix.data.replay_buffer import ReplayBuffer, ReplayBufferWriter
 from diffpolicy_immix.data.sampler import SequenceSampler, gather_rows, split_episodes
 from diffpolicy_immix.data.validation import DatasetError, describe_store, validate_store
 
 __all__ = [
+    "ChunkedRows",
     "DatasetError",
     "LinearNormalizer",
     "PolicyDataset",
@@ -27,6 +29,7 @@ __all__ = [
     "collect_demonstrations",
     "describe_store",
     "gather_rows",
+    "is_image_array",
     "parse_obs_key",
     "split_episodes",
     "validate_store",

@@ -8,6 +8,11 @@ Each item is one window of ``horizon`` steps (Diffusion Policy's timing)::
 ``obs`` is the concatenation of the observation keys, each flattened over its trailing dims and
 optionally sliced (``"key:start:stop"``), so Diffusion Policy's PushT low-dim observation is
 ``["keypoint", "state:0:2"]`` = 9*2 + 2 = 20 dims.
+
+Camera keys (uint8 arrays (T, H, W, 3), e.g. Diffusion Policy's ``img``) may be named among the obs keys:
+they are not concatenated into ``obs`` but returned as their own batch keys, only the first To steps,
+channels first: ``{"img": (B, To, 3, H, W) uint8, "obs": (B, H, Do), "action": (B, H, Da)}``. They are
+never loaded whole: rows are read by whole zarr chunks through a bounded cache (:class:`ChunkedRows`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from diffpolicy_immix.data.chunk_cache import ChunkedRows
 from diffpolicy_immix.data.normalizer import LinearNormalizer
 from diffpolicy_immix.data.replay_buffer import ReplayBuffer
 from diffpolicy_immix.data.sampler import SequenceSampler, gather_rows, split_episodes
 from diffpolicy_immix.data.validation import DatasetError, check_finite
 
-__all__ = ["PolicyDataset", "parse_obs_key"]
+__all__ = ["PolicyDataset", "is_image_array", "parse_obs_key"]
 
 
 def parse_obs_key(spec: str) -> tuple[str, slice]:
@@ -47,6 +53,11 @@ def parse_obs_key(spec: str) -> tuple[str, slice]:
     except ValueError:
         raise ValueError(f"obs key spec {spec!r}: start and stop must be integers") from None
     return parts[0], slice(bounds[0], bounds[1])
+
+
+def is_image_array(arr: Any) -> bool:
+    """True for a camera array: uint8 with rows (H, W, C), i.e. shape (T, H, W, C)."""
+    return np.dtype(arr.dtype) == np.uint8 and len(arr.shape) == 4
 
 
 def _flatten_rows(a: np.ndarray, batched: bool) -> np.ndarray:
@@ -70,6 +81,10 @@ class PolicyDataset(Dataset):
         in_memory: load the used keys into memory (fast); otherwise read windows from the store.
         return_pad_mask: also return ``"pad_mask"`` bool (H,) (true where a row repeats an edge frame).
         validate: scan the used keys for NaN/inf when opening.
+        image_keys: the obs keys that are cameras (uint8 (T, H, W, 3)); ``None`` (default) takes every obs
+            key named without a slice whose array is uint8 with 4 dims. Cameras are returned as
+            ``key: (To, 3, H, W)`` uint8 and always read lazily, whatever ``in_memory`` says.
+        image_cache_mb: memory bound of the decoded image chunks kept (all cameras together).
 
     Use :meth:`get_batch` (one vectorized gather) or :meth:`iter_batches` for training loops;
     ``__getitem__`` works with a plain ``torch.utils.data.DataLoader`` too.
@@ -90,6 +105,8 @@ class PolicyDataset(Dataset):
         *,
         return_pad_mask: bool = False,
         validate: bool = True,
+        image_keys: Sequence[str] | None = None,
+        image_cache_mb: float = 256.0,
     ) -> None:
         super().__init__()
         if isinstance(obs_keys, str):
@@ -107,6 +124,8 @@ class PolicyDataset(Dataset):
             )
         specs = [parse_obs_key(s) for s in obs_keys]
         needed = list(dict.fromkeys([name for name, _ in specs] + [action_key]))
+        if image_cache_mb < 0:
+            raise ValueError(f"image_cache_mb={image_cache_mb} must be >= 0")
 
         if isinstance(path, ReplayBuffer):
             buffer = path
@@ -131,10 +150,39 @@ class PolicyDataset(Dataset):
         self.n_action_steps = int(n_action_steps)
         self.return_pad_mask = return_pad_mask
 
+        # Cameras: declared, or every unsliced uint8 (T, H, W, C) obs key.
+        if image_keys is None:
+            plain = [s for s, (name, _) in zip(obs_keys, specs) if s == name]
+            image_keys = [k for k in plain if is_image_array(buffer[k])]
+        image_keys = list(dict.fromkeys(image_keys))
+        for spec, (name, _) in zip(obs_keys, specs):
+            if name not in image_keys and is_image_array(buffer[name]):
+                arr = buffer[name]
+                raise ValueError(
+                    f"obs key {spec!r} (data/{name}, uint8 {tuple(arr.shape)}) is a camera image but not among "
+                    f"image_keys={image_keys} (task.image_keys)"
+                )
+        for k in image_keys:
+            if k not in obs_keys:
+                raise ValueError(f"image key {k!r} is not among obs_keys {list(obs_keys)}")
+            arr = buffer[k]
+            if not is_image_array(arr) or arr.shape[-1] != 3:
+                raise DatasetError(
+                    f"{label}: data/{k}: an image key must be uint8 (T, H, W, 3), "
+                    f"got {np.dtype(arr.dtype)} {tuple(arr.shape)}"
+                )
+        self.image_keys: list[str] = image_keys
+        needed = [k for k in needed if k not in image_keys or k == action_key]
+        per_camera = int(image_cache_mb * 2**20) // max(1, len(image_keys))
+        self._images = {k: ChunkedRows(buffer[k], per_camera) for k in image_keys}
+        self._lazy_buffer = buffer if image_keys else None  # keeps the store open for the cameras
+
         # Resolve each obs slice against its key's flattened width.
         self._obs_specs: list[tuple[str, slice]] = []
         obs_dim = 0
         for spec, (name, sl) in zip(obs_keys, specs):
+            if name in image_keys:
+                continue
             width = int(np.prod(buffer[name].shape[1:], dtype=np.int64))
             start, stop, _ = sl.indices(width)
             if stop <= start:
@@ -148,7 +196,8 @@ class PolicyDataset(Dataset):
         if in_memory:  # read each used key once; the rest of the store (e.g. images) is never loaded
             raw = {k: np.asarray(a[...]) for k, a in raw.items()}
             if not isinstance(path, ReplayBuffer):
-                buffer.close()
+                if not image_keys:
+                    buffer.close()
                 buffer = ReplayBuffer(raw, buffer.episode_ends, buffer.attrs, path=buffer.path)
                 self.replay_buffer = buffer
         if validate:
@@ -187,6 +236,9 @@ class PolicyDataset(Dataset):
         for name, sl in self._obs_specs:
             a = np.asarray(arrays[name][...]) if rows is None else gather_rows(arrays[name], rows)
             parts.append(_flatten_rows(a, rows is not None)[..., sl])
+        if not parts:  # cameras only
+            lead = (self.replay_buffer.n_steps,) if rows is None else rows.shape
+            return np.zeros((*lead, 0), dtype=np.float32)
         return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
 
     def _assemble_action(self, arrays: dict[str, Any], rows: np.ndarray | None = None) -> np.ndarray:
@@ -199,6 +251,15 @@ class PolicyDataset(Dataset):
     def obs_dim(self) -> int:
         """Do: width of the concatenated observation."""
         return self._obs_dim
+
+    @property
+    def image_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """Camera key -> (C, H, W) as batches hold it."""
+        return {k: (r.shape[3], r.shape[1], r.shape[2]) for k, r in self._images.items()}
+
+    def image_cache_stats(self) -> dict[str, dict[str, float]]:
+        """Camera key -> chunk cache statistics (hits, misses, hit_rate, cached_bytes, cached_chunks)."""
+        return {k: r.stats() for k, r in self._images.items()}
 
     @property
     def action_dim(self) -> int:
@@ -215,7 +276,8 @@ class PolicyDataset(Dataset):
 
     def get_batch(self, indices: Sequence[int] | np.ndarray | Tensor) -> dict[str, Tensor]:
         """Windows ``indices`` (B,) as ``{"obs": (B, H, Do), "action": (B, H, Da)}`` float32 tensors
-        (plus ``"pad_mask"`` (B, H) bool if ``return_pad_mask``), gathered in one vectorized step."""
+        (plus ``"pad_mask"`` (B, H) bool if ``return_pad_mask``), gathered in one vectorized step; each
+        camera key adds ``key: (B, To, 3, H_img, W_img)`` uint8 (the window's first To steps)."""
         if isinstance(indices, Tensor):
             indices = indices.cpu().numpy()
         if self.in_memory:
@@ -226,12 +288,17 @@ class PolicyDataset(Dataset):
             obs = self._assemble_obs(self._sources, rows)
             action = self._assemble_action(self._sources, rows)
         batch = {"obs": torch.from_numpy(obs), "action": torch.from_numpy(action)}
+        if self._images:
+            rows, _ = self.sampler.window_rows(indices)
+            for k, reader in self._images.items():
+                frames = reader.take(rows[:, : self.n_obs_steps])  # (B, To, H, W, C)
+                batch[k] = torch.from_numpy(np.ascontiguousarray(rearrange(frames, "b t h w c -> b t c h w")))
         if self.return_pad_mask:
             batch["pad_mask"] = torch.from_numpy(mask)
         return batch
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        """One window: ``{"obs": (H, Do), "action": (H, Da)}`` float32 tensors."""
+        """One window: ``{"obs": (H, Do), "action": (H, Da)}`` float32 tensors (cameras: (To, 3, H, W))."""
         n = len(self)
         if not -n <= int(i) < n:
             raise IndexError(f"window index {i} out of range for {n} windows")
@@ -267,13 +334,16 @@ class PolicyDataset(Dataset):
 
     def get_normalizer(self, mode: str = "limits", range_eps: float = 1e-4) -> LinearNormalizer:
         """A :class:`LinearNormalizer` with keys ``"obs"`` and ``"action"``, fitted on every step of the
-        training episodes (``mode``: ``"limits"`` or ``"gaussian"``)."""
+        training episodes (``mode``: ``"limits"`` or ``"gaussian"``). Cameras are not fitted (their
+        normalization is fixed); with cameras only, there is no ``"obs"`` key."""
         steps = self._episode_rows(self.train_mask)
         if self.in_memory:
             obs, action = self._sources["obs"], self._sources["action"]
         else:
             obs, action = self._assemble_obs(self._sources), self._assemble_action(self._sources)
         data = {"obs": obs[steps], "action": action[steps]}
+        if not self._obs_dim:
+            del data["obs"]
         return LinearNormalizer().fit(data, mode=mode, range_eps=range_eps)
 
     def get_all_actions(self) -> Tensor:
@@ -287,6 +357,8 @@ class PolicyDataset(Dataset):
         return (
             f"PolicyDataset({self.path or '<memory>'}, {split}: {self.n_episodes} episodes, "
             f"{len(self)} windows, "
-            f"obs {self.obs_keys} -> {self.obs_dim}, action {self.action_key!r} -> {self.action_dim}, "
+            f"obs {self.obs_keys} -> {self.obs_dim}"
+            + (f" + cameras {self.image_shapes}" if self._images else "")
+            + f", action {self.action_key!r} -> {self.action_dim}, "
             f"H={self.horizon}, To={self.n_obs_steps}, Ta={self.n_action_steps})"
         )
