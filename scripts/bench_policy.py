@@ -6,10 +6,10 @@
 
 Reports (shapes of Diffusion Policy's PushT low-dim task: obs 2 x 20, action 16 x 2, batch 256):
 
-1. training throughput, samples/s of ``compute_loss + backward + AdamW step``, for the CPU default UNet
-   (down_dims 64/128/256) and the paper's (256/512/1024), with the ratio between them;
-2. inference latency of one action chunk (DDIM 10 steps, batch 1) for the default model, against the
-   20 ms target on CPU;
+1. training throughput, samples/s of ``compute_loss + backward + AdamW step``, for every denoiser preset
+   (``policy=unet_cpu | unet_paper | mlp | transformer``) side by side, with the ratio to ``unet_cpu``;
+2. inference latency of one action chunk (batch 1) and of one denoiser call, for every preset at DDIM 10
+   steps, and for each task's default recipe (its denoiser and sampler), against the 20 ms target on CPU;
 3. the overhead of each noise assigner (none, lsa, knn k=2, knn k=16), two ways: the training step timed
    with each assigner side by side (interleaved rounds, ratio to ``none``), and the assigner call alone
    as a fraction of the ``none`` training step (target for knn: < 2%).
@@ -20,24 +20,49 @@ All timings are steady-state medians after warm-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import diffpolicy_immix_configs
 import numpy as np
 import torch
+import yaml
 
 from diffpolicy_immix.data import LinearNormalizer
 from diffpolicy_immix.diffusion import DiffusionObjective, ObjectiveConfig
 from diffpolicy_immix.immiscible import make_assigner
 from diffpolicy_immix.policy import DiffusionPolicy, PolicyConfig
 
+CONFIG_DIR = Path(diffpolicy_immix_configs.__file__).parent
+
 OBS_DIM, N_OBS, ACT_DIM, HORIZON = 20, 2, 2, 16
-DEFAULT_DIMS = (64, 128, 256)
-PAPER_DIMS = (256, 512, 1024)
 ASSIGNERS: dict[str, dict] = {"none": {}, "lsa": {}, "knn k=2": {"k": 2}, "knn k=16": {"k": 16}}
+DENOISER_PRESETS = ("unet_cpu", "unet_paper", "mlp", "transformer")  # configs/policy/<name>.yaml
+TASKS = ("reach_around", "push_block", "point_maze", "pusht")
+
+
+def preset(name: str) -> dict:
+    """The network options ``policy=<name>`` selects (the packaged configs/policy/<name>.yaml)."""
+    return yaml.safe_load((CONFIG_DIR / "policy" / f"{name}.yaml").read_text())
+
+
+def task_recipe(task: str) -> tuple[dict, dict]:
+    """(policy options, objective options) of ``dpi-train task=<task>`` with no other override."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = OmegaConf.to_container(compose("dpi_train", overrides=[f"task={task}"]), resolve=True)
+    objective = dict(cfg["objective"])
+    for key in ("num_train_timesteps", "num_inference_steps"):  # null: the task's default
+        objective[key] = objective.get(key) or int(cfg["task"][key])
+    shape = {k: int(cfg["task"][k]) for k in ("horizon", "n_obs_steps", "n_action_steps")}
+    return {**shape, **cfg["policy"]}, dataclasses.asdict(ObjectiveConfig(**objective))
 
 
 def machine() -> str:
@@ -63,7 +88,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_policy(down_dims: tuple[int, ...], assigner: str, device: torch.device) -> DiffusionPolicy:
+def build_policy(
+    policy: dict, device: torch.device, assigner: str = "none", objective: dict | None = None
+) -> DiffusionPolicy:
     rng = np.random.default_rng(0)
     normalizer = LinearNormalizer().fit(
         {
@@ -72,28 +99,29 @@ def build_policy(down_dims: tuple[int, ...], assigner: str, device: torch.device
         }
     )
     name = assigner.split()[0]
-    objective = DiffusionObjective(ObjectiveConfig(kind="ddpm"), make_assigner(name, **ASSIGNERS[assigner]))
-    cfg = PolicyConfig(horizon=HORIZON, n_obs_steps=N_OBS, n_action_steps=8, down_dims=down_dims)
+    objective = DiffusionObjective(ObjectiveConfig(**(objective or {})), make_assigner(name, **ASSIGNERS[assigner]))
+    shape = {"horizon": HORIZON, "n_obs_steps": N_OBS, "n_action_steps": 8}
+    cfg = PolicyConfig(**{**shape, **policy})
     torch.manual_seed(0)
     return DiffusionPolicy(cfg, OBS_DIM, ACT_DIM, normalizer, objective).to(device)
 
 
-def make_batch(batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(batch: int, device: torch.device, horizon: int = HORIZON) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {
-        "obs": (torch.rand(batch, HORIZON, OBS_DIM, generator=g) * 2 - 1).to(device),
-        "action": (torch.rand(batch, HORIZON, ACT_DIM, generator=g) * 512).to(device),
+        "obs": (torch.rand(batch, horizon, OBS_DIM, generator=g) * 2 - 1).to(device),
+        "action": (torch.rand(batch, horizon, ACT_DIM, generator=g) * 512).to(device),
     }
 
 
 class StepRunner:
     """One policy + optimizer + batch; ``step()`` runs compute_loss + backward + AdamW."""
 
-    def __init__(self, down_dims: tuple[int, ...], assigner: str, batch: int, device: torch.device) -> None:
+    def __init__(self, policy: dict, assigner: str, batch: int, device: torch.device) -> None:
         self.device = device
-        self.policy = build_policy(down_dims, assigner, device)
+        self.policy = build_policy(policy, device, assigner)
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=1e-4, weight_decay=1e-6)
-        self.batch = make_batch(batch, device)
+        self.batch = make_batch(batch, device, self.policy.cfg.horizon)
         self.gen = torch.Generator(device=device).manual_seed(0)
 
     def step(self) -> None:
@@ -117,59 +145,95 @@ def median_time(fn: Callable[[], None], device: torch.device, warmup: int, reps:
     return statistics.median(timed(fn, device) for _ in range(reps))
 
 
-def bench_throughput(device: torch.device, batch: int, reps: dict[str, int], warmup: int) -> dict[str, float]:
+def bench_throughput(device: torch.device, batch: int, rounds: dict[str, int], warmup: int) -> dict[str, float]:
     print(
         f"\n[1] training throughput on {device} (batch {batch}, H={HORIZON}, obs {N_OBS}x{OBS_DIM}, "
-        f"action {ACT_DIM}; compute_loss + backward + AdamW)"
+        f"action {ACT_DIM}; compute_loss + backward + AdamW), every denoiser preset side by side"
     )
+    runners = {name: StepRunner(preset(name), "none", batch, device) for name in DENOISER_PRESETS}
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner.step()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(max(rounds.values())):  # interleaved so that load changes hit every denoiser alike
+        for name, runner in runners.items():
+            if i < rounds.get(name, rounds["default"]):
+                times[name].append(timed(runner.step, device))
     out = {}
-    for label, dims in (("default", DEFAULT_DIMS), ("paper", PAPER_DIMS)):
-        trainer = StepRunner(dims, "none", batch, device)
-        n_params = sum(p.numel() for p in trainer.policy.parameters())
-        t = median_time(trainer.step, device, warmup, reps[label])
-        out[label] = batch / t
+    base = statistics.median(times["unet_cpu"])
+    for name, runner in runners.items():
+        t = statistics.median(times[name])
+        out[name] = batch / t
+        n_params = sum(p.numel() for p in runner.policy.parameters())
         print(
-            f"  {label:8s} down_dims={dims}: {n_params / 1e6:6.2f} M params, step {t * 1e3:8.1f} ms, "
-            f"{batch / t:9.1f} samples/s  ({reps[label]} timed steps)"
+            f"  policy={name:12s} {n_params / 1e6:6.2f} M params, step {t * 1e3:8.1f} ms, "
+            f"{batch / t:9.1f} samples/s, {base / t:5.2f}x unet_cpu  ({len(times[name])} timed steps)"
         )
-        del trainer
-    print(f"  ratio default/paper throughput: {out['default'] / out['paper']:.1f}x")
     return out
 
 
-def bench_latency(device: torch.device, reps: int) -> float:
-    print(f"\n[2] inference latency on {device}: one action chunk, batch 1")
+def _latency(policy: DiffusionPolicy, device: torch.device, reps: int) -> tuple[float, float]:
+    """(ms per action chunk at batch 1, ms per denoiser call at batch 1)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    result = float("nan")
-    for dims in (DEFAULT_DIMS, (32, 64, 128)):
-        policy = build_policy(dims, "none", device).eval()
-        obs = {"obs": make_batch(1, device)["obs"][:, :N_OBS]}
-        t = median_time(lambda p=policy: p.predict_action(obs, generator=gen), device, warmup=3, reps=reps)
-        x = torch.zeros(1, HORIZON, ACT_DIM, device=device)
-        t_arg = torch.zeros(1, device=device)
-        cond = torch.zeros(1, policy.obs_encoder.out_dim, device=device)
-        with torch.no_grad():
-            call = median_time(lambda p=policy: p.model(x, t_arg, cond), device, warmup=3, reps=reps)
-        steps = policy.objective.cfg.num_inference_steps
+    obs = {"obs": make_batch(1, device, policy.cfg.horizon)["obs"][:, :N_OBS]}
+    chunk = median_time(lambda: policy.predict_action(obs, generator=gen), device, warmup=3, reps=reps)
+    x = torch.zeros(1, policy.cfg.horizon, ACT_DIM, device=device)
+    t_arg = torch.zeros(1, device=device)
+    cond = torch.zeros(1, policy.obs_encoder.out_dim, device=device)
+    with torch.no_grad():
+        call = median_time(lambda: policy.model(x, t_arg, cond), device, warmup=3, reps=reps)
+    return chunk * 1e3, call * 1e3
+
+
+def bench_latency(device: torch.device, reps: int) -> None:
+    print(f"\n[2] inference latency on {device}: one action chunk at batch 1 (DDIM 10 steps) and one denoiser call")
+    for name in DENOISER_PRESETS:
+        policy = build_policy(preset(name), device).eval()
+        chunk, call = _latency(policy, device, reps)
         mbytes = sum(p.numel() * p.element_size() for p in policy.model.parameters()) / 1e6
-        label = "default" if dims == DEFAULT_DIMS else "smaller"
-        target = ""
-        if device.type == "cpu" and dims == DEFAULT_DIMS:
-            target = " (target < 20 ms on CPU: " + ("met)" if t < 0.02 else "NOT met)")
+        print(f"  policy={name:12s} chunk {chunk:7.2f} ms; one call {call:6.2f} ms ({mbytes:5.1f} MB of weights)")
+    print(f"\n[2b] each task's default recipe on {device} (dpi-train task=<task>): chunk at batch 1, target < 20 ms")
+    for task in TASKS:
+        policy_cfg, objective_cfg = task_recipe(task)
+        policy = build_policy(policy_cfg, device, objective=objective_cfg).eval()
+        chunk, call = _latency(policy, device, reps)
+        steps = objective_cfg["num_inference_steps"]
+        verdict = "met" if chunk < 20 else "NOT met"
         print(
-            f"  {label:8s} down_dims={dims}: DDIM {steps} steps {t * 1e3:7.2f} ms{target}; one UNet call "
-            f"{call * 1e3:.2f} ms ({mbytes:.1f} MB of weights read per call)"
+            f"  {task:13s} {policy_cfg['denoiser']:11s} {objective_cfg['kind']}/{objective_cfg['sampler']} "
+            f"{steps:3d} steps: chunk {chunk:7.2f} ms ({verdict}), one call {call:6.2f} ms"
         )
-        if dims == DEFAULT_DIMS:
-            result = t
-    return result
+
+
+def bench_unet_profile(device: torch.device, reps: int = 20) -> None:
+    """Where one batch-1 call of the default UNet spends its time (torch.profiler, self time per operator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    policy = build_policy(preset("unet_cpu"), device).eval()
+    x = torch.zeros(1, HORIZON, ACT_DIM, device=device)
+    t_arg = torch.zeros(1, device=device)
+    cond = torch.zeros(1, policy.obs_encoder.out_dim, device=device)
+    with torch.no_grad():
+        for _ in range(5):
+            policy.model(x, t_arg, cond)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                policy.model(x, t_arg, cond)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"\n[2c] one batch-1 call of policy=unet_cpu on {device}: self time by operator ({reps} calls)")
+    for e in events[:6]:
+        print(
+            f"  {e.key:32s} {100 * e.self_cpu_time_total / total:5.1f}%  {e.count // reps:4d} calls per forward, "
+            f"{e.self_cpu_time_total / max(e.count, 1):8.1f} us each"
+        )
 
 
 def bench_assigners(device: torch.device, batch: int, rounds: int, warmup: int) -> None:
     print(
         f"\n[3] assigner overhead on {device} (default model, batch {batch}, x0 shape ({batch}, {HORIZON}, {ACT_DIM}))"
     )
-    trainers = {name: StepRunner(DEFAULT_DIMS, name, batch, device) for name in ASSIGNERS}
+    trainers = {name: StepRunner(preset("unet_cpu"), name, batch, device) for name in ASSIGNERS}
     for tr in trainers.values():
         for _ in range(warmup):
             tr.step()
@@ -211,11 +275,13 @@ def main() -> None:
     for name in devices:
         device = torch.device(name)
         cpu = device.type == "cpu"
-        reps = {"default": 5 if args.quick else 15, "paper": 2 if cpu else 10}
+        rounds = {"default": 5 if args.quick else 15, "unet_paper": 2 if cpu else 10}
         if not cpu and not args.quick:
-            reps = {"default": 50, "paper": 30}
-        bench_throughput(device, args.batch, reps, warmup=1 if cpu else 5)
+            rounds = {"default": 50, "unet_paper": 30}
+        bench_throughput(device, args.batch, rounds, warmup=1 if cpu else 5)
         bench_latency(device, reps=20 if args.quick else 50)
+        if cpu:
+            bench_unet_profile(device)
         bench_assigners(device, args.batch, rounds=5 if args.quick else 15, warmup=2 if cpu else 5)
 
 

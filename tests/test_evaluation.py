@@ -244,8 +244,21 @@ def test_diffusion_policy_runs_in_evaluator():
         policy, TINY_ID, n_episodes=2, n_envs=2, generator=torch.Generator().manual_seed(0), progress=False
     )
     assert policy.training
-    assert metrics["n_episodes"] == 2.0 and 0.0 <= metrics["success_rate"] <= 1.0
+    assert metrics["n_episodes"] == 2.0 and metrics["n_crashed"] == 0.0
     assert 1.0 <= metrics["mean_episode_length"] <= TINY_MAX_STEPS
+    # the same generator gives the same rollouts; rollouts run with one torch thread, restored afterwards
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        again = evaluate_policy(
+            policy, TINY_ID, n_episodes=2, n_envs=2, generator=torch.Generator().manual_seed(0), progress=False
+        )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert again == metrics
+    with pytest.raises(ValueError, match="threads=0"):
+        evaluate_policy(policy, TINY_ID, n_episodes=1, n_envs=1, threads=0, progress=False)
 
 
 def test_reach_around_env_if_registered(tmp_path: Path):

@@ -5,7 +5,8 @@ training seeds at 0). Episodes run in chunks of ``n_envs`` environments stepped 
 environment whose episode is over is frozen (no further steps reach it) until the chunk ends. Per
 episode we record
 
-- ``success``: ``info["success"]`` was True at some step;
+- ``success``: the success spec held at some step (default ``info["success"]``; see
+  :class:`~diffpolicy_immix.evaluation.envspec.SuccessSpec`);
 - ``max_reward``: the largest step reward (the environments' reward is their dense score in [0, 1]);
 - ``length``: steps taken (the crashing step included).
 
@@ -41,6 +42,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffpolicy_immix.evaluation.envspec import (
+    EnvSpec,
+    SuccessSpec,
+    as_env_spec,
+    build_env,
+    reports_success,
+    resolve,
+    success_from_step,
+)
 from diffpolicy_immix.evaluation.video import write_video
 
 VECTOR_MODES = ("sync", "async")
@@ -73,19 +83,10 @@ class EpisodeResult:
 
 
 # --------------------------------------------------------------------------- environments
-def _resolve_spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The spec of ``env_id``; the toolkit's ``immix/...`` ids are registered on first need."""
-    if env_id not in gym.registry:
-        _import_env_package()
-    return gym.spec(env_id)
-
-
-def _import_env_package() -> None:
-    try:
-        import diffpolicy_immix_envs  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "diffpolicy_immix_envs":
-            raise
+def _resolve_spec(env_id: str | EnvSpec) -> gym.envs.registration.EnvSpec:
+    """The registration spec of ``env_id`` (an id, ``"module:id"`` or an :class:`EnvSpec`); the toolkit's
+    ``immix/...`` ids are registered on first need."""
+    return resolve(env_id)
 
 
 class EpisodeGuard(gym.Wrapper):
@@ -109,9 +110,12 @@ class EpisodeGuard(gym.Wrapper):
         max_steps: int | None,
         render_error: str = "",
         env: gym.Env | None = None,
+        success: SuccessSpec | None = None,
     ) -> None:
         super().__init__(env if env is not None else factory())
         self._factory = factory
+        self.success_spec = success or SuccessSpec()
+        self.success_reported = False  # the success info key was seen at some reset/step
         self.max_steps = max_steps
         self.active = True
         self.record = False
@@ -180,7 +184,8 @@ class EpisodeGuard(gym.Wrapper):
         self._over = False
         self._last_obs = obs
         self._capture()
-        return obs, self._info(success=bool(info.get("success", False)))
+        self.success_reported |= reports_success(self.success_spec, info)
+        return obs, self._info(success=success_from_step(self.success_spec, None, False, info))
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
         if self._over:
@@ -196,24 +201,19 @@ class EpisodeGuard(gym.Wrapper):
         self._last_obs = obs
         self._over = bool(terminated or truncated or (self.max_steps is not None and self._t >= self.max_steps))
         self._capture()
-        return obs, float(reward), False, False, self._info(bool(info.get("success", False)), self._over)
-
-
-def _make_inner(env_spec: gym.envs.registration.EnvSpec | str, env_kwargs: dict[str, Any], render_mode: str | None):
-    kwargs = dict(env_kwargs)
-    if render_mode is not None:
-        kwargs["render_mode"] = render_mode
-    return gym.make(env_spec, **kwargs)
+        self.success_reported |= reports_success(self.success_spec, info)
+        success = success_from_step(self.success_spec, float(reward), bool(terminated), info)
+        return obs, float(reward), False, False, self._info(success, self._over)
 
 
 def _guarded_env(
-    env_spec: gym.envs.registration.EnvSpec | str,
-    env_kwargs: dict[str, Any],
+    spec: EnvSpec,
+    registered: gym.envs.registration.EnvSpec,
     render_mode: str | None,
     max_steps: int | None,
 ) -> EpisodeGuard:
     render_error = ""
-    factory = functools.partial(_make_inner, env_spec, env_kwargs, render_mode)
+    factory = functools.partial(build_env, spec, registered, render_mode)
     try:
         env = factory()
     except Exception as exc:
@@ -221,28 +221,49 @@ def _guarded_env(
             raise
         # e.g. no OpenGL platform: evaluate without videos, and say why when a video is due
         render_error = f"making the env with render_mode={render_mode!r} raised {exc!r}"
-        factory = functools.partial(_make_inner, env_spec, env_kwargs, None)
+        factory = functools.partial(build_env, spec, registered, None)
         env = factory()
-    return EpisodeGuard(factory, max_steps, render_error, env=env)
+    return EpisodeGuard(factory, max_steps, render_error, env=env, success=spec.success)
 
 
 def make_env(
-    env_id: str,
+    env_id: str | EnvSpec,
     env_kwargs: dict[str, Any] | None = None,
     render_mode: str | None = None,
     max_steps: int | None = None,
 ) -> Callable[[], EpisodeGuard]:
-    """A picklable thunk building ``gym.make(env_id, **env_kwargs)`` wrapped in :class:`EpisodeGuard`.
+    """A picklable thunk building ``gym.make(env_id, **env_kwargs)`` (plus the spec's wrappers) wrapped
+    in :class:`EpisodeGuard`, which reads success as the spec says.
 
-    The id is resolved to its spec here, in the calling process, so ids registered at run time (tests,
-    notebooks) also work in ``spawn``/``forkserver`` workers (``gym.make`` imports a string entry
-    point's module there, which registers the toolkit's ids).
+    ``env_id`` is an id, ``"module:id"`` or an :class:`~diffpolicy_immix.evaluation.envspec.EnvSpec`
+    (``env_kwargs`` are merged over its own). The id is resolved to its registration spec here, in the
+    calling process, so ids registered at run time (tests, notebooks) also work in
+    ``spawn``/``forkserver`` workers.
     """
-    spec = _resolve_spec(env_id)
-    return functools.partial(_guarded_env, spec, dict(env_kwargs or {}), render_mode, max_steps)
+    spec = as_env_spec(env_id, env_kwargs)
+    return functools.partial(_guarded_env, spec, _resolve_spec(spec), render_mode, max_steps)
 
 
 # --------------------------------------------------------------------------- rollouts
+_WARNED_UNREPORTED: set[tuple[str, str]] = set()
+
+
+def _warn_if_success_unreported(envs: gym.vector.VectorEnv, env_id: str | EnvSpec) -> None:
+    """Warn once per (env, info key) when success is read from an info key no env ever reported."""
+    spec = as_env_spec(env_id)
+    if spec.success.kind != "info_key" or any(envs.get_attr("success_reported")):
+        return
+    key = (spec.env_id, spec.success.key)
+    if key not in _WARNED_UNREPORTED:
+        _WARNED_UNREPORTED.add(key)
+        warnings.warn(
+            f"evaluate_policy: env {spec.env_id!r} never reported info[{spec.success.key!r}], so its success rate "
+            f"reads 0; set task.success (an info key it reports, a reward threshold, terminated or none)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _info_array(info: dict[str, Any], key: str, n: int, default: Any) -> np.ndarray:
     """Vector-env info ``key`` as an array (n,), ``default`` where an env did not report it."""
     out = np.full(n, default, dtype=object)
@@ -254,9 +275,12 @@ def _info_array(info: dict[str, Any], key: str, n: int, default: Any) -> np.ndar
 
 
 def _to_torch(obs: Any, device: torch.device) -> Any:
+    """Observations to tensors on ``device``: float32, except uint8 arrays (camera images), which stay
+    uint8; a dict observation (e.g. ``{"img", "state"}``) becomes a dict of tensors."""
     if isinstance(obs, dict):
         return {k: _to_torch(v, device) for k, v in obs.items()}
-    return torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=device)
+    arr = np.asarray(obs)
+    return torch.as_tensor(arr, dtype=None if arr.dtype == np.uint8 else torch.float32, device=device)
 
 
 def _to_numpy_action(action: Any, space: gym.Space, n_envs: int) -> np.ndarray:
@@ -301,7 +325,7 @@ def _check_args(
 
 def rollout_episodes(
     policy: Policy,
-    env_id: str,
+    env_id: str | EnvSpec,
     n_episodes: int = 50,
     seed_offset: int = 100000,
     n_envs: int = 10,
@@ -314,6 +338,7 @@ def rollout_episodes(
     generator: torch.Generator | None = None,
     async_context: str = "spawn",
     progress: bool = True,
+    video_size: int | None = None,
 ) -> list[EpisodeResult]:
     """Run ``n_episodes`` seeded episodes and return one :class:`EpisodeResult` per episode, in order.
 
@@ -324,61 +349,95 @@ def rollout_episodes(
     if max_steps is None and spec.max_episode_steps is None:
         raise ValueError(f"evaluate_policy: env {env_id!r} has no max_episode_steps; pass max_steps")
     n_envs = min(n_envs, n_episodes)
-    device = torch.device(device)
-    render_mode = "rgb_array" if n_videos > 0 else None
-    thunks = [make_env(env_id, env_kwargs, render_mode, max_steps) for _ in range(n_envs)]
-    if vector_mode == "sync":
-        envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv(thunks)
-    else:
-        envs = gym.vector.AsyncVectorEnv(thunks, context=async_context)
-
+    envs = _vector_env(env_id, env_kwargs, n_envs, n_videos, video_size, max_steps, vector_mode, async_context)
     results: list[EpisodeResult] = []
     was_training = getattr(policy, "training", None)
     if hasattr(policy, "eval") and was_training is not None:
         policy.eval()
     bar = tqdm(total=n_episodes, desc=f"eval {env_id}", disable=not progress, leave=False)
     try:
-        fps = float(envs.metadata.get("render_fps") or 30)
+        videos = _VideoSink(env_id, video_dir, n_videos, float(envs.metadata.get("render_fps") or 30), video_size)
         with torch.no_grad():
             for start in range(0, n_episodes, n_envs):
+                n_active = min(n_envs, n_episodes - start)
                 chunk = _run_chunk(
-                    policy,
-                    envs,
-                    start,
-                    min(n_envs, n_episodes - start),
-                    seed_offset,
-                    n_videos,
-                    device,
-                    generator,
+                    policy, envs, start, n_active, seed_offset, n_videos, torch.device(device), generator
                 )
                 for res, frames, render_error in chunk:
-                    if res.crashed:
-                        warnings.warn(
-                            f"evaluate_policy: {env_id} episode {res.index} (seed {res.seed}) crashed: "
-                            f"{res.error}; counted as a failure",
-                            RuntimeWarning,
-                            stacklevel=3,
-                        )
-                    if res.index < n_videos:
-                        if frames:
-                            stem = f"episode{res.index:04d}_seed{res.seed}.mp4"
-                            res.video_path = str(write_video(Path(video_dir) / stem, frames, fps=fps))
-                        else:
-                            reason = render_error or "no frames were rendered"
-                            warnings.warn(
-                                f"evaluate_policy: no video for {env_id} episode {res.index} "
-                                f"(seed {res.seed}): rendering unavailable ({reason})",
-                                RuntimeWarning,
-                                stacklevel=3,
-                            )
+                    videos.finish(res, frames, render_error)
                     results.append(res)
                 bar.update(len(chunk))
+        _warn_if_success_unreported(envs, env_id)
     finally:
         bar.close()
         envs.close()
         if was_training is not None and hasattr(policy, "train"):
             policy.train(was_training)
     return results
+
+
+def _vector_env(
+    env_id: str | EnvSpec,
+    env_kwargs: dict[str, Any] | None,
+    n_envs: int,
+    n_videos: int,
+    video_size: int | None,
+    max_steps: int | None,
+    vector_mode: str,
+    async_context: str,
+) -> gym.vector.VectorEnv:
+    """``n_envs`` guarded environments stepped in lockstep; rendering (at ``video_size`` for the toolkit's
+    ``immix/`` tasks, which take ``width``/``height``) only when videos are due."""
+    render_mode = "rgb_array" if n_videos > 0 else None
+    kwargs = dict(env_kwargs or {})
+    name = env_id if isinstance(env_id, str) else str(getattr(env_id, "env_id", ""))
+    if render_mode is not None and video_size is not None and name.startswith("immix/"):
+        kwargs = {"width": int(video_size), "height": int(video_size), **kwargs}
+    thunks = [make_env(env_id, kwargs or None, render_mode, max_steps) for _ in range(n_envs)]
+    if vector_mode == "sync":
+        return gym.vector.SyncVectorEnv(thunks)
+    return gym.vector.AsyncVectorEnv(thunks, context=async_context)
+
+
+class _VideoSink:
+    """Writes the videos of the first ``n_videos`` episodes and warns about crashes and missing frames."""
+
+    def __init__(self, env_id: Any, video_dir: str | Path | None, n_videos: int, fps: float, size: int | None) -> None:
+        self.env_id, self.video_dir, self.n_videos, self.fps, self.size = env_id, video_dir, n_videos, fps, size
+
+    def finish(self, res: EpisodeResult, frames: list[np.ndarray], render_error: str) -> None:
+        """Report a crash; write the episode's video (frames (H, W, 3) scaled to ``size`` x ``size``)."""
+        if res.crashed:
+            warnings.warn(
+                f"evaluate_policy: {self.env_id} episode {res.index} (seed {res.seed}) crashed: "
+                f"{res.error}; counted as a failure",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        if res.index >= self.n_videos:
+            return
+        if not frames:
+            reason = render_error or "no frames were rendered"
+            warnings.warn(
+                f"evaluate_policy: no video for {self.env_id} episode {res.index} "
+                f"(seed {res.seed}): rendering unavailable ({reason})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        stem = f"episode{res.index:04d}_seed{res.seed}.mp4"
+        frames = [_resized(f, self.size) for f in frames] if self.size else frames
+        res.video_path = str(write_video(Path(self.video_dir) / stem, frames, fps=self.fps))
+
+
+def _resized(frame: np.ndarray, size: int) -> np.ndarray:
+    """``frame`` (H, W, C) uint8 scaled to (size, size, C) when it has another size (environments that
+    render at a fixed size)."""
+    if frame.shape[0] == size and frame.shape[1] == size:
+        return frame
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.asarray(frame, dtype=np.uint8)).resize((size, size), Image.BILINEAR))
 
 
 def _run_chunk(
@@ -454,7 +513,7 @@ def summarize_episodes(episodes: list[EpisodeResult]) -> dict[str, float]:
 
 def evaluate_policy(
     policy: Policy,
-    env_id: str,
+    env_id: str | EnvSpec,
     n_episodes: int = 50,
     seed_offset: int = 100000,
     n_envs: int = 10,
@@ -467,13 +526,17 @@ def evaluate_policy(
     generator: torch.Generator | None = None,
     async_context: str = "spawn",
     progress: bool = True,
+    video_size: int | None = None,
+    threads: int | None = 1,
 ) -> dict[str, float]:
     """Evaluate a policy on seeded episodes of a gymnasium environment.
 
     Args:
         policy: object with ``reset()`` and ``select_action(obs (n_envs, Do), generator=None)``; an
             ``nn.Module`` is put in eval mode for the run (and restored) and should live on ``device``.
-        env_id: registered gymnasium id (the ``immix/...`` ids are registered on demand).
+        env_id: registered gymnasium id (the ``immix/...`` ids are registered on demand), gymnasium's
+            ``"module:id"``, or an :class:`~diffpolicy_immix.evaluation.envspec.EnvSpec` (env kwargs,
+            wrappers, success spec, episode length; ``EnvSpec.from_task(task)``).
         n_episodes: episodes to run; episode ``i`` uses seed ``seed_offset + i``.
         seed_offset: first seed (100000 = test seeds, 0 = training seeds).
         n_envs: environments stepped in lockstep (capped at ``n_episodes``).
@@ -488,25 +551,39 @@ def evaluate_policy(
         generator: passed to ``policy.select_action``.
         async_context: multiprocessing context for ``"async"``: ``"spawn"`` or ``"forkserver"``.
         progress: show a tqdm bar.
+        video_size: width = height of the videos in pixels (None: the environment's render size); the
+            toolkit's ``immix/`` tasks render at that size, other environments' frames are rescaled.
+        threads: torch CPU threads during the rollouts, restored afterwards (default 1: a policy called
+            at batch ``n_envs`` gains nothing from more, and extra threads stall whenever another
+            process holds a core); None leaves the setting alone.
 
     Returns:
         ``{"success_rate", "mean_max_reward", "mean_episode_length", "n_episodes", "n_crashed"}`` as
         floats. Use :func:`rollout_episodes` for the per-episode records.
     """
-    episodes = rollout_episodes(
-        policy,
-        env_id,
-        n_episodes=n_episodes,
-        seed_offset=seed_offset,
-        n_envs=n_envs,
-        vector_mode=vector_mode,
-        env_kwargs=env_kwargs,
-        max_steps=max_steps,
-        video_dir=video_dir,
-        n_videos=n_videos,
-        device=device,
-        generator=generator,
-        async_context=async_context,
-        progress=progress,
-    )
+    if threads is not None and threads < 1:
+        raise ValueError(f"evaluate_policy: threads={threads} must be >= 1 or None")
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        episodes = rollout_episodes(
+            policy,
+            env_id,
+            n_episodes=n_episodes,
+            seed_offset=seed_offset,
+            n_envs=n_envs,
+            vector_mode=vector_mode,
+            env_kwargs=env_kwargs,
+            max_steps=max_steps,
+            video_dir=video_dir,
+            n_videos=n_videos,
+            device=device,
+            generator=generator,
+            async_context=async_context,
+            progress=progress,
+            video_size=video_size,
+        )
+    finally:
+        torch.set_num_threads(saved_threads)
     return summarize_episodes(episodes)

@@ -21,15 +21,18 @@ draws random numbers.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from diffpolicy_immix.policy.encoders import ENCODERS, make_obs_encoder
+from diffpolicy_immix.policy.denoisers import MLPConfig, MLPDenoiser, TransformerConfig, TransformerDenoiser
+from diffpolicy_immix.policy.encoders import ENCODERS, IMAGE_ENCODERS, make_obs_encoder
 from diffpolicy_immix.policy.unet1d import ConditionalUnet1D
+from diffpolicy_immix.policy.vision import VisionConfig
 
 if TYPE_CHECKING:
     from diffpolicy_immix.data import LinearNormalizer
@@ -44,6 +47,9 @@ class PolicyConfig:
     """Shape and network settings of a :class:`DiffusionPolicy`.
 
     Attributes:
+        denoiser: the network, a key of :data:`DENOISERS`: ``unet`` (FiLM 1-D UNet, the fields
+            ``down_dims`` .. ``cond_predict_scale``), ``mlp`` (residual FiLM MLP, options in ``mlp``) or
+            ``transformer`` (options in ``transformer``).
         horizon: H, action steps predicted per chunk (and the training window length).
         n_obs_steps: To, observation steps the policy conditions on.
         n_action_steps: Ta, predicted actions executed before planning again.
@@ -54,9 +60,20 @@ class PolicyConfig:
         cond_predict_scale: FiLM with scale and bias (True) or bias only.
         obs_as_global_cond: condition through FiLM on the flattened observation history; the
             inpainting variant (False) is not implemented.
-        obs_encoder: observation encoder kind, a key of ``policy.encoders.ENCODERS``.
+        obs_encoder: observation encoder kind, a key of ``policy.encoders.ENCODERS``; ``None`` (default)
+            picks ``lowdim`` without cameras and ``small_cnn`` with ``image_keys``.
         obs_encoder_hidden_dims: MLP widths after flattening; ``()`` = identity.
+        mlp: options of the ``mlp`` denoiser (:class:`~diffpolicy_immix.policy.denoisers.MLPConfig`).
+        transformer: options of the ``transformer`` denoiser
+            (:class:`~diffpolicy_immix.policy.denoisers.TransformerConfig`).
+        image_keys: camera observation keys (RGB, the task's ``image_keys``); empty for low-dim policies.
+        obs_keys: the low-dimensional obs key specs (``"key"`` / ``"key:start:stop"``, the task's
+            ``obs_keys`` without the cameras); :meth:`DiffusionPolicy.select_action` builds ``"obs"`` from
+            a dict observation with them.
+        vision: image encoder settings (:class:`~diffpolicy_immix.policy.vision.VisionConfig`).
     """
+
+    denoiser: str = "unet"
 
     horizon: int = 16
     n_obs_steps: int = 2
@@ -67,10 +84,19 @@ class PolicyConfig:
     diffusion_step_embed_dim: int = 128
     cond_predict_scale: bool = True
     obs_as_global_cond: bool = True
-    obs_encoder: str = "lowdim"
+    obs_encoder: str | None = None
     obs_encoder_hidden_dims: tuple[int, ...] = ()
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    image_keys: tuple[str, ...] = ()
+    obs_keys: tuple[str, ...] = ()
+    vision: VisionConfig = field(default_factory=VisionConfig)
 
     def __post_init__(self) -> None:
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"PolicyConfig: denoiser={self.denoiser!r} is unknown; valid: {sorted(DENOISERS)}")
+        self.mlp = _sub_config(MLPConfig, self.mlp, "mlp")
+        self.transformer = _sub_config(TransformerConfig, self.transformer, "transformer")
         self.down_dims = tuple(int(d) for d in self.down_dims)
         self.obs_encoder_hidden_dims = tuple(int(d) for d in self.obs_encoder_hidden_dims)
         for name in ("horizon", "n_obs_steps", "n_action_steps", "kernel_size", "n_groups"):
@@ -80,7 +106,7 @@ class PolicyConfig:
         if not self.down_dims or min(self.down_dims) < 1:
             raise ValueError(f"PolicyConfig: down_dims={self.down_dims} must be non-empty and positive")
         factor = 2 ** len(self.down_dims)
-        if self.horizon % factor:
+        if self.denoiser == "unet" and self.horizon % factor:
             raise ValueError(f"PolicyConfig: horizon={self.horizon} must be divisible by 2**len(down_dims)={factor}")
         needed = self.n_obs_steps + self.n_action_steps - 1
         if needed > self.horizon:
@@ -101,14 +127,69 @@ class PolicyConfig:
             )
         if not self.obs_as_global_cond:
             raise ValueError("PolicyConfig: obs_as_global_cond=False (inpainting) is not implemented; set it to True")
+        self.vision = _sub_config(VisionConfig, self.vision, "vision")
+        self.image_keys = tuple(str(k) for k in self.image_keys)
+        self.obs_keys = tuple(str(k) for k in self.obs_keys)
+        if self.obs_encoder is None:
+            self.obs_encoder = "small_cnn" if self.image_keys else "lowdim"
         if self.obs_encoder not in ENCODERS:
             raise ValueError(f"PolicyConfig: obs_encoder={self.obs_encoder!r} is unknown; valid: {sorted(ENCODERS)}")
+        reserved = sorted({OBS, ACTION} & set(self.image_keys))
+        if reserved:
+            raise ValueError(f"PolicyConfig: image_keys={list(self.image_keys)} may not use the name {reserved[0]!r}")
+        if self.image_keys and self.obs_encoder not in IMAGE_ENCODERS:
+            raise ValueError(
+                f"PolicyConfig: obs_encoder={self.obs_encoder!r} cannot read the cameras image_keys="
+                f"{list(self.image_keys)}; choose one of {list(IMAGE_ENCODERS)}"
+            )
+        if not self.image_keys and self.obs_encoder in IMAGE_ENCODERS:
+            raise ValueError(
+                f"PolicyConfig: obs_encoder={self.obs_encoder!r} needs camera keys (task.image_keys), got none"
+            )
 
     @property
     def action_slice(self) -> slice:
         """Indices of the executed actions within a predicted chunk: ``[To-1, To-1+Ta)``."""
         start = self.n_obs_steps - 1
         return slice(start, start + self.n_action_steps)
+
+
+def _sub_config(cls: type, value: Any, name: str) -> Any:
+    """A denoiser's options from a dict (YAML) or an instance; unknown keys name the field."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"PolicyConfig: {name}={value!r} must be a mapping of options")
+    fields = set(cls.__dataclass_fields__)
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ValueError(f"policy.{name}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
+    return cls(**value)
+
+
+def _unet(cfg: PolicyConfig, action_dim: int, cond_dim: int) -> nn.Module:
+    return ConditionalUnet1D(
+        input_dim=action_dim,
+        global_cond_dim=cond_dim,
+        down_dims=cfg.down_dims,
+        kernel_size=cfg.kernel_size,
+        n_groups=cfg.n_groups,
+        diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
+        cond_predict_scale=cfg.cond_predict_scale,
+    )
+
+
+def _mlp(cfg: PolicyConfig, action_dim: int, cond_dim: int) -> nn.Module:
+    return MLPDenoiser(action_dim, cfg.horizon, cond_dim, cfg.mlp)
+
+
+def _transformer(cfg: PolicyConfig, action_dim: int, cond_dim: int) -> nn.Module:
+    return TransformerDenoiser(action_dim, cfg.horizon, cond_dim, cfg.n_obs_steps, cfg.transformer)
+
+
+#: denoiser name -> constructor(policy config, Da, G); every network maps
+#: (sample (B, H, Da), t (B,), global_cond (B, G)) -> (B, H, Da).
+DENOISERS = {"unet": _unet, "mlp": _mlp, "transformer": _transformer}
 
 
 class DiffusionPolicy(nn.Module):
@@ -131,26 +212,27 @@ class DiffusionPolicy(nn.Module):
         objective: DiffusionObjective,
     ) -> None:
         super().__init__()
-        if obs_dim < 1 or action_dim < 1:
+        if obs_dim < (0 if cfg.image_keys else 1) or action_dim < 1:
             raise ValueError(f"DiffusionPolicy: obs_dim={obs_dim} and action_dim={action_dim} must be >= 1")
         self.cfg = cfg
         self.obs_dim = obs_dim
         self.action_dim = action_dim
         self.normalizer = normalizer
         self.objective = objective
-        self.obs_encoder = make_obs_encoder(
-            cfg.obs_encoder, obs_dim, cfg.n_obs_steps, hidden_dims=cfg.obs_encoder_hidden_dims
-        )
-        self.model = ConditionalUnet1D(
-            input_dim=action_dim,
-            global_cond_dim=self.obs_encoder.out_dim,
-            down_dims=cfg.down_dims,
-            kernel_size=cfg.kernel_size,
-            n_groups=cfg.n_groups,
-            diffusion_step_embed_dim=cfg.diffusion_step_embed_dim,
-            cond_predict_scale=cfg.cond_predict_scale,
-        )
-        self._obs_queue: deque[Tensor] = deque(maxlen=cfg.n_obs_steps)
+        if cfg.image_keys:  # cameras (+ the low-dim "obs"): images are normalized inside the encoder
+            self.obs_encoder = make_obs_encoder(
+                cfg.obs_encoder,
+                obs_dim,
+                cfg.n_obs_steps,
+                image_channels={k: 3 for k in cfg.image_keys},
+                vision=cfg.vision,
+            )
+        else:
+            self.obs_encoder = make_obs_encoder(
+                cfg.obs_encoder, obs_dim, cfg.n_obs_steps, hidden_dims=cfg.obs_encoder_hidden_dims
+            )
+        self.model = DENOISERS[cfg.denoiser](cfg, action_dim, self.obs_encoder.out_dim)
+        self._obs_queue: deque[Any] = deque(maxlen=cfg.n_obs_steps)  # Tensor (B, Do) or dict of them
         self._action_queue: deque[Tensor] = deque()
 
     # ------------------------------------------------------------------ helpers
@@ -165,6 +247,68 @@ class DiffusionPolicy(nn.Module):
     def _encode(self, nobs: Tensor) -> Tensor:
         """nobs: Tensor, shape (B, To, Do), normalized -> global cond, Tensor, shape (B, G)."""
         return self.obs_encoder(nobs)
+
+    def _encode_dict(self, obs: Mapping[str, Any], generator: torch.Generator | None, where: str) -> Tensor:
+        """Global cond (B, G) of cameras ``obs[key]`` (B, >= To, C, H, W) on the 0..255 scale plus the
+        low-dim ``obs["obs"]`` (B, >= To, Do) in raw units (absent when Do = 0); the first To steps are used."""
+        to = self.cfg.n_obs_steps
+        inputs: dict[str, Tensor] = {}
+        for key in self.cfg.image_keys:
+            if key not in obs:
+                raise KeyError(f"DiffusionPolicy.{where}: observation has no image key {key!r} (keys: {sorted(obs)})")
+            img = torch.as_tensor(obs[key], device=self.device)
+            if img.ndim != 5 or img.shape[1] < to or img.shape[2] != 3:
+                raise ValueError(
+                    f"DiffusionPolicy.{where}: {key!r} shape {tuple(img.shape)} must be (B, >= n_obs_steps={to}, "
+                    "3, H, W)"
+                )
+            inputs[key] = img[:, :to]
+        if self.obs_dim:
+            if OBS not in obs:
+                raise KeyError(f"DiffusionPolicy.{where}: observation has no key {OBS!r} (keys: {sorted(obs)})")
+            low = torch.as_tensor(obs[OBS], dtype=torch.float32, device=self.device)
+            if low.ndim != 3 or low.shape[1] < to or low.shape[2] != self.obs_dim:
+                raise ValueError(
+                    f"DiffusionPolicy.{where}: {OBS!r} shape {tuple(low.shape)} must be "
+                    f"(B, >= n_obs_steps={to}, obs_dim={self.obs_dim})"
+                )
+            inputs[OBS] = self.normalizer.normalize(OBS, low[:, :to])  # (B, To, Do)
+        return self.obs_encoder(inputs, generator=generator)
+
+    def _dict_step(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """One environment step's dict observation -> ``{camera: (B, 3, H, W), "obs": (B, Do)}``: cameras
+        come channels-last (B, H, W, 3) as environments return them; ``"obs"`` is assembled from
+        ``cfg.obs_keys`` (each key flattened over its trailing dims, then sliced)."""
+        from diffpolicy_immix.data.dataset import parse_obs_key
+
+        step: dict[str, Tensor] = {}
+        for key in self.cfg.image_keys:
+            if key not in obs:
+                raise KeyError(f"DiffusionPolicy.select_action: observation has no image key {key!r}")
+            img = torch.as_tensor(obs[key], device=self.device)
+            if img.ndim != 4 or img.shape[-1] != 3:
+                raise ValueError(
+                    f"DiffusionPolicy.select_action: obs[{key!r}] shape {tuple(img.shape)} must be (B, H, W, 3)"
+                )
+            step[key] = rearrange(img if img.dtype == torch.uint8 else img.float(), "b h w c -> b c h w")
+        if self.obs_dim:
+            specs = [parse_obs_key(k) for k in self.cfg.obs_keys] or [(OBS, slice(None))]
+            parts = []
+            for name, sl in specs:
+                if name not in obs:
+                    raise KeyError(
+                        f"DiffusionPolicy.select_action: observation has no key {name!r} (keys: {sorted(obs)})"
+                    )
+                x = torch.as_tensor(obs[name], dtype=torch.float32, device=self.device)
+                parts.append(rearrange(x, "b ... -> b (...)")[:, sl])
+            low = torch.cat(parts, dim=-1)
+            if low.shape[-1] != self.obs_dim:
+                raise ValueError(
+                    f"DiffusionPolicy.select_action: obs keys {list(self.cfg.obs_keys)} give {low.shape[-1]} dims, "
+                    f"the policy expects obs_dim={self.obs_dim}"
+                )
+            step[OBS] = low
+        return step
 
     # ------------------------------------------------------------------ training
     def compute_loss(
@@ -181,6 +325,8 @@ class DiffusionPolicy(nn.Module):
         Returns:
             (loss, stats): scalar Tensor and a dict of floats.
         """
+        if self.cfg.image_keys:
+            return self._image_loss(batch, generator, with_stats)
         for key in (OBS, ACTION):
             if key not in batch:
                 raise KeyError(f"DiffusionPolicy.compute_loss: batch has no key {key!r} (keys: {sorted(batch)})")
@@ -201,6 +347,23 @@ class DiffusionPolicy(nn.Module):
         cond = self._encode(nobs)  # (B, G)
         return self.objective.loss(self._denoise, naction, cond=cond, generator=generator, with_stats=with_stats)
 
+    def _image_loss(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None, with_stats: bool
+    ) -> tuple[Tensor, dict[str, float]]:
+        """:meth:`compute_loss` of a camera policy: batch ``{camera: (B, >= To, 3, H, W) uint8, "obs": (B, H,
+        Do), "action": (B, H, Da)}``; the random crops are drawn from ``generator`` before the noise."""
+        if ACTION not in batch:
+            raise KeyError(f"DiffusionPolicy.compute_loss: batch has no key {ACTION!r} (keys: {sorted(batch)})")
+        action, h = batch[ACTION], self.cfg.horizon
+        if action.ndim != 3 or action.shape[1:] != (h, self.action_dim):
+            raise ValueError(
+                f"DiffusionPolicy.compute_loss: batch['action'] shape {tuple(action.shape)} must be "
+                f"(B, horizon={h}, action_dim={self.action_dim})"
+            )
+        cond = self._encode_dict(batch, generator, "compute_loss")  # (B, G)
+        naction = self.normalizer.normalize(ACTION, action)  # (B, H, Da)
+        return self.objective.loss(self._denoise, naction, cond=cond, generator=generator, with_stats=with_stats)
+
     def forward(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None, with_stats: bool = False
     ) -> tuple[Tensor, dict[str, float]]:
@@ -215,7 +378,8 @@ class DiffusionPolicy(nn.Module):
         """Sample one action chunk.
 
         Args:
-            obs_dict: ``{"obs": Tensor (B, To, Do)}`` in raw units, oldest step first.
+            obs_dict: ``{"obs": Tensor (B, To, Do)}`` in raw units, oldest step first; a camera policy
+                also takes ``{camera key: Tensor (B, To, 3, H, W)}`` (uint8, or float on the 0..255 scale).
             generator: passed to the objective's sampler (the initial noise); it must live on the
                 policy's device.
 
@@ -223,17 +387,20 @@ class DiffusionPolicy(nn.Module):
             ``{"action": Tensor (B, Ta, Da), "action_pred": Tensor (B, H, Da)}`` in raw units, where
             ``action == action_pred[:, To-1 : To-1+Ta]``.
         """
-        if OBS not in obs_dict:
-            raise KeyError(f"DiffusionPolicy.predict_action: obs_dict has no key {OBS!r}")
         cfg = self.cfg
-        obs = torch.as_tensor(obs_dict[OBS], dtype=torch.float32, device=self.device)
-        if obs.ndim != 3 or obs.shape[1:] != (cfg.n_obs_steps, self.obs_dim):
-            raise ValueError(
-                f"DiffusionPolicy.predict_action: obs_dict['obs'] shape {tuple(obs.shape)} must be "
-                f"(B, n_obs_steps={cfg.n_obs_steps}, obs_dim={self.obs_dim})"
-            )
-        b = obs.shape[0]
-        cond = self._encode(self.normalizer.normalize(OBS, obs))  # (B, G)
+        if cfg.image_keys:
+            cond = self._encode_dict(obs_dict, None, "predict_action")  # (B, G); centre crops in eval mode
+        else:
+            if OBS not in obs_dict:
+                raise KeyError(f"DiffusionPolicy.predict_action: obs_dict has no key {OBS!r}")
+            obs = torch.as_tensor(obs_dict[OBS], dtype=torch.float32, device=self.device)
+            if obs.ndim != 3 or obs.shape[1:] != (cfg.n_obs_steps, self.obs_dim):
+                raise ValueError(
+                    f"DiffusionPolicy.predict_action: obs_dict['obs'] shape {tuple(obs.shape)} must be "
+                    f"(B, n_obs_steps={cfg.n_obs_steps}, obs_dim={self.obs_dim})"
+                )
+            cond = self._encode(self.normalizer.normalize(OBS, obs))  # (B, G)
+        b = cond.shape[0]
         naction = self.objective.sample(
             self._denoise,
             (b, cfg.horizon, self.action_dim),
@@ -259,12 +426,16 @@ class DiffusionPolicy(nn.Module):
         new prediction happens every Ta calls.
 
         Args:
-            obs: Tensor, shape (B, Do), raw units (numpy arrays are accepted).
+            obs: Tensor, shape (B, Do), raw units (numpy arrays are accepted); a camera policy takes the
+                environment's dict observation, e.g. ``{"img": (B, H, W, 3) uint8, "state": (B, 6)}``
+                (see :meth:`_dict_step`).
             generator: passed to :meth:`predict_action`.
 
         Returns:
             Tensor, shape (B, Da), raw units.
         """
+        if isinstance(obs, Mapping):
+            return self._select_from_dict(obs, generator)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(
@@ -285,6 +456,30 @@ class DiffusionPolicy(nn.Module):
             self._action_queue.extend(rearrange(chunk, "b t d -> t b d").unbind(0))
         return self._action_queue.popleft()
 
+    def _select_from_dict(self, obs: Mapping[str, Any], generator: torch.Generator | None) -> Tensor:
+        """:meth:`select_action` for dict observations (queues of per-step dicts)."""
+        if not self.cfg.image_keys:
+            raise ValueError(
+                f"DiffusionPolicy.select_action: got a dict observation ({sorted(obs)}) but the policy has no "
+                "image_keys; low-dim policies take a Tensor (B, Do)"
+            )
+        step = self._dict_step(obs)
+        if self._obs_queue:
+            last = self._obs_queue[-1]
+            if not isinstance(last, dict) or any(last[k].shape != v.shape for k, v in step.items()):
+                raise ValueError(
+                    "DiffusionPolicy.select_action: the observation shapes changed since the last reset(); "
+                    "call reset() between episodes"
+                )
+            self._obs_queue.append(step)
+        else:
+            self._obs_queue.extend([step] * self.cfg.n_obs_steps)
+        if not self._action_queue:
+            history = {k: torch.stack([s[k] for s in self._obs_queue], dim=1) for k in step}  # (B, To, ...)
+            chunk = self.predict_action(history, generator=generator)["action"]  # (B, Ta, Da)
+            self._action_queue.extend(rearrange(chunk, "b t d -> t b d").unbind(0))
+        return self._action_queue.popleft()
+
     def extra_repr(self) -> str:
         c = self.cfg
         return (
@@ -297,7 +492,8 @@ def policy_summary(policy: DiffusionPolicy) -> dict[str, Any]:
     """Parameter counts and shapes, for logs."""
     n_params = sum(p.numel() for p in policy.model.parameters())
     return {
-        "n_params_unet": n_params,
+        "denoiser": policy.cfg.denoiser,
+        "n_params_denoiser": n_params,
         "n_params_encoder": sum(p.numel() for p in policy.obs_encoder.parameters()),
         "obs_dim": policy.obs_dim,
         "action_dim": policy.action_dim,
