@@ -39,8 +39,9 @@ def check_render_args(render_mode: str | None, width: int, height: int, modes: l
 class MujocoTaskEnv(gym.Env[np.ndarray, np.ndarray]):
     """Base class: owns ``model``/``data``, steps ``frame_skip`` physics steps per action, renders lazily.
 
-    Subclasses set ``xml_name`` and ``frame_skip`` and implement ``reset``/``step``, returning
-    ``self._observe(state)`` and declaring ``self._observation_space(state_box)``.
+    Subclasses set ``xml_name``, ``frame_skip``, ``action_high`` (actions lie in ``[-action_high,
+    action_high]^2``) and ``state_high`` (bounds of the state vector), put their own set-up in
+    ``_setup()`` and implement ``reset``/``step``, returning ``self._observe(state)``.
     Rendering uses ``mujoco.Renderer`` on the fixed top-down camera ``top`` with shadows and
     reflections off (software GL is ~30x faster without them); the renderer is created on the first
     ``render()`` call and released by ``close()``.
@@ -53,6 +54,8 @@ class MujocoTaskEnv(gym.Env[np.ndarray, np.ndarray]):
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
     xml_name: str = ""
     frame_skip: int = 1
+    action_high: float = 1.0
+    state_high: tuple[float, ...] = ()
 
     def __init__(
         self,
@@ -80,6 +83,13 @@ class MujocoTaskEnv(gym.Env[np.ndarray, np.ndarray]):
         self._renderer: mujoco.Renderer | None = None
         self._obs_renderer: mujoco.Renderer | None = None
         self._camera = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, "top")
+        self.action_space = gym.spaces.Box(-self.action_high, self.action_high, shape=(2,), dtype=np.float32)
+        high = np.array(self.state_high, dtype=np.float32)
+        self.observation_space = self._observation_space(gym.spaces.Box(-high, high, dtype=np.float32))
+        self._setup()
+
+    def _setup(self) -> None:
+        """Task-specific state after the model, data and spaces exist (subclasses override)."""
 
     @property
     def control_dt(self) -> float:

@@ -23,7 +23,6 @@ from typing import Any
 
 import mujoco
 import numpy as np
-from gymnasium import spaces
 
 from .geometry import box_polygon, convex_overlap_area, distance_to_polygon, to_world, wrap_angle
 from .mujoco_base import MujocoTaskEnv
@@ -54,19 +53,10 @@ class PushBlockEnv(MujocoTaskEnv):
 
     xml_name = "push_block.xml"
     frame_skip = 10
+    action_high = TABLE_HALF
+    state_high = (TABLE_HALF, TABLE_HALF, TABLE_HALF, TABLE_HALF, 1.0, 1.0)
 
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        width: int = 96,
-        height: int = 96,
-        obs_mode: str = "state",
-        image_size: int = 96,
-    ) -> None:
-        super().__init__(render_mode=render_mode, width=width, height=height, obs_mode=obs_mode, image_size=image_size)
-        self.action_space = spaces.Box(-TABLE_HALF, TABLE_HALF, shape=(2,), dtype=np.float32)
-        high = np.array([TABLE_HALF, TABLE_HALF, TABLE_HALF, TABLE_HALF, 1.0, 1.0], dtype=np.float32)
-        self.observation_space = self._observation_space(spaces.Box(-high, high, dtype=np.float32))
+    def _setup(self) -> None:
         self.target_pose = TARGET_POSE.copy()
         self._target_area = BLOCK_HALF[0] * BLOCK_HALF[1] * 4
         self._target_poly = block_footprint(self.target_pose)

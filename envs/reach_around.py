@@ -19,7 +19,6 @@ from typing import Any
 
 import mujoco
 import numpy as np
-from gymnasium import spaces
 
 from .mujoco_base import MujocoTaskEnv
 
@@ -37,19 +36,10 @@ class ReachAroundEnv(MujocoTaskEnv):
 
     xml_name = "reach_around.xml"
     frame_skip = 10
+    action_high = TABLE_HALF
+    state_high = (TABLE_HALF, TABLE_HALF, np.inf, np.inf, TABLE_HALF, TABLE_HALF)
 
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        width: int = 96,
-        height: int = 96,
-        obs_mode: str = "state",
-        image_size: int = 96,
-    ) -> None:
-        super().__init__(render_mode=render_mode, width=width, height=height, obs_mode=obs_mode, image_size=image_size)
-        self.action_space = spaces.Box(-TABLE_HALF, TABLE_HALF, shape=(2,), dtype=np.float32)
-        high = np.array([TABLE_HALF, TABLE_HALF, np.inf, np.inf, TABLE_HALF, TABLE_HALF], dtype=np.float32)
-        self.observation_space = self._observation_space(spaces.Box(-high, high, dtype=np.float32))
+    def _setup(self) -> None:
         self._goal_site = self.model.site("goal").id
         self.goal = np.array(GOAL_CENTER)
         self.start = np.array(START_CENTER)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 
+from diffpolicy_immix.app import make_objective
 from diffpolicy_immix.data import LinearNormalizer
 from diffpolicy_immix.diffusion import DiffusionObjective, ObjectiveConfig
 from diffpolicy_immix.immiscible import make_assigner
@@ -58,11 +59,9 @@ def task_recipe(task: str) -> tuple[dict, dict]:
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = OmegaConf.to_container(compose("dpi_train", overrides=[f"task={task}"]), resolve=True)
-    objective = dict(cfg["objective"])
-    for key in ("num_train_timesteps", "num_inference_steps"):  # null: the task's default
-        objective[key] = objective.get(key) or int(cfg["task"][key])
+    objective = make_objective(cfg["objective"], {"name": "none"}, cfg["task"])  # nulls: the task's defaults
     shape = {k: int(cfg["task"][k]) for k in ("horizon", "n_obs_steps", "n_action_steps")}
-    return {**shape, **cfg["policy"]}, dataclasses.asdict(ObjectiveConfig(**objective))
+    return {**shape, **cfg["policy"]}, dataclasses.asdict(objective.cfg)
 
 
 def machine() -> str:
