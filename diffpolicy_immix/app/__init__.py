@@ -5,7 +5,18 @@ callbacks, demonstration collection) and rebuilds trained models from checkpoint
 tools and the comparison sweeps call it; ``training/`` never imports it.
 """
 
-from .config import TASK_KINDS, assign_label, default_out_dir, make_objective, resume_target, train_config
+from .config import (
+    SAMPLING_KEYS,
+    TASK_KINDS,
+    apply_sampling,
+    assign_label,
+    check_sampling,
+    default_out_dir,
+    make_objective,
+    resume_target,
+    sampling_key,
+    train_config,
+)
 from .images import ImageRunEvaluator, build_image_model, check_image_task, image_metric, open_image_train_set
 from .policy import (
     PolicyEvalConfig,
@@ -21,11 +32,13 @@ from .policy import (
 from .run import RunParts, build_run, load_model, run_training
 
 __all__ = [
+    "SAMPLING_KEYS",
     "TASK_KINDS",
     "ImageRunEvaluator",
     "PolicyEvalConfig",
     "PolicyEvaluator",
     "RunParts",
+    "apply_sampling",
     "apply_task_overrides",
     "assign_label",
     "build_image_model",
@@ -33,6 +46,7 @@ __all__ = [
     "build_run",
     "check_env",
     "check_image_task",
+    "check_sampling",
     "default_out_dir",
     "ensure_demonstrations",
     "image_metric",
@@ -43,6 +57,7 @@ __all__ = [
     "policy_config",
     "resume_target",
     "run_training",
+    "sampling_key",
     "train_config",
     "unreadable_store_error",
 ]

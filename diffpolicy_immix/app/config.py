@@ -19,16 +19,30 @@ from diffpolicy_immix.immiscible import make_assigner
 from diffpolicy_immix.training import TrainConfig
 
 __all__ = [
+    "SAMPLING_KEYS",
     "TASK_KINDS",
+    "apply_sampling",
     "assign_label",
+    "check_sampling",
     "default_out_dir",
     "make_objective",
     "require",
     "resume_target",
+    "sampling_key",
     "train_config",
 ]
 
 TASK_KINDS = ("policy", "image")
+
+SAMPLING_KEYS = {
+    "objective.sampler": "sampler",
+    "objective.num_inference_steps": "steps",
+    "objective.clip_sample": "clip_sample",
+    "objective.clip_sample_range": "clip_sample_range",
+    "task.eval.guidance_scale": "guidance_scale",
+}
+"""Run-configuration keys that change only how a trained model draws samples (never its training or its
+weights), each with a short name that may stand for it and that labels a setting."""
 
 
 def require(table: dict[str, Any], key: str, owner: str) -> Any:
@@ -94,3 +108,66 @@ def make_objective(objective: dict[str, Any], assign: dict[str, Any], task: dict
         if values.get(key) is None:
             values[key] = int(task.get(key) or fallback)
     return DiffusionObjective(ObjectiveConfig(**values), assigner)
+
+
+def sampling_key(name: str) -> str:
+    """The full key of a sampling setting named by its key or short name (``steps`` ->
+    ``objective.num_inference_steps``).
+
+    Raises:
+        UserError: ``name`` is not in :data:`SAMPLING_KEYS` (it would change training, or nothing).
+    """
+    if name in SAMPLING_KEYS:
+        return name
+    for key, short in SAMPLING_KEYS.items():
+        if name == short:
+            return key
+    raise UserError(
+        f"{name!r} is not a sampling setting (only keys that change how a trained model samples, not its "
+        f"training, can vary here); valid: {', '.join(SAMPLING_KEYS)}"
+    )
+
+
+def apply_sampling(cfg: dict[str, Any], sampling: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of a run configuration with sampling settings replaced.
+
+    Args:
+        sampling: key or short name -> value, e.g. ``{"objective.num_inference_steps": 20, "sampler": "ddpm"}``.
+
+    Raises:
+        UserError: a key that is not a sampling setting.
+    """
+    out = copy.deepcopy(cfg)
+    for name, value in (sampling or {}).items():
+        *parents, leaf = sampling_key(str(name)).split(".")
+        table = out
+        for part in parents:
+            if table.get(part) is None:  # e.g. a task without an eval section
+                table[part] = {}
+            table = table[part]
+        table[leaf] = value
+    return out
+
+
+def check_sampling(cfg: dict[str, Any]) -> None:
+    """Check the sampling settings of a run configuration (after :func:`apply_sampling`).
+
+    Raises:
+        UserError: a value the objective refuses (e.g. ``sampler=ddpm`` for flow matching), a negative
+            guidance scale, or a guidance scale on a policy task.
+    """
+    task = cfg["task"]
+    guidance = (task.get("eval") or {}).get("guidance_scale")
+    if task.get("kind", "policy") == "policy":
+        if "guidance_scale" in (task.get("eval") or {}):
+            raise UserError(
+                f"task.eval.guidance_scale applies to image tasks; task {task.get('name')!r} is a policy task"
+            )
+    elif guidance is not None and (
+        isinstance(guidance, bool) or not isinstance(guidance, int | float) or not guidance >= 0
+    ):
+        raise UserError(f"task.eval.guidance_scale={guidance!r} is invalid; it must be a number >= 0")
+    try:
+        make_objective(cfg["objective"], {"name": "none"}, task)
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err).strip().splitlines()[0]) from None

@@ -24,7 +24,7 @@ from torch import nn
 from diffpolicy_immix.errors import UserError
 from diffpolicy_immix.training import EvaluateFn, Trainer, load_checkpoint, load_weights, seed_everything
 
-from .config import TASK_KINDS, default_out_dir, resume_target, train_config
+from .config import TASK_KINDS, apply_sampling, check_sampling, default_out_dir, resume_target, train_config
 from .images import build_image_model, image_parts
 from .policy import PolicyEvaluator, apply_task_overrides, build_policy, open_policy_datasets
 
@@ -127,6 +127,7 @@ def load_model(
     use_ema: bool = True,
     device: str | torch.device = "cpu",
     task_overrides: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a checkpoint alone (its saved configuration), EMA weights by default.
 
@@ -137,6 +138,10 @@ def load_model(
         task_overrides: for a policy, task fields replaced before the model is built (``dpi-eval``'s
             ``task.*``: env_id, env_kwargs, n_action_steps, ...; see :func:`apply_task_overrides`). The
             policy executes the overridden ``n_action_steps`` per predicted chunk.
+        sampling: sampling settings replaced before the model is built (keys or short names of
+            :data:`~diffpolicy_immix.app.config.SAMPLING_KEYS`, e.g. ``{"objective.sampler": "ddpm",
+            "steps": 20}``). The model samples with the objective's settings; ``task.eval.guidance_scale``
+            is only written into the returned configuration, for the caller's image evaluation.
 
     Returns:
         (model in eval mode on ``device``, the run's configuration dict with the overrides applied)
@@ -152,11 +157,16 @@ def load_model(
     kind = _task_kind(cfg)
     if kind == "policy" and task_overrides:
         cfg = dict(cfg, task=apply_task_overrides(cfg["task"], task_overrides, str(path)))
+    if sampling:
+        cfg = apply_sampling(cfg, sampling)
+        check_sampling(cfg)
     with _input_errors("checkpoint"):
         if kind == "policy":
             from diffpolicy_immix.data import LinearNormalizer
 
-            obs_dim, action_dim = _policy_dims(state, path)
+            task = cfg["task"]
+            cameras_only = bool(task.get("image_keys")) and set(task.get("obs_keys") or []) <= set(task["image_keys"])
+            obs_dim, action_dim = _policy_dims(state, path, cameras_only)
             model = build_policy(cfg, obs_dim, action_dim, LinearNormalizer())
         else:
             model = build_image_model(cfg)
@@ -168,8 +178,12 @@ def load_model(
     return model.to(device).eval(), cfg
 
 
-def _policy_dims(state: dict[str, torch.Tensor], checkpoint: Path) -> tuple[int, int]:
-    try:
-        return int(state["normalizer.params.obs.scale"].shape[0]), int(state["normalizer.params.action.scale"].shape[0])
-    except KeyError as err:
-        raise UserError(f"{checkpoint}: no normalizer for {err.args[0]!r} in the model weights") from None
+def _policy_dims(state: dict[str, torch.Tensor], checkpoint: Path, cameras_only: bool) -> tuple[int, int]:
+    """(low-dim observation size, action size) from the saved normalizer; a policy that observes cameras
+    only has no low-dim normalizer (size 0)."""
+    obs_key, action_key = "normalizer.params.obs.scale", "normalizer.params.action.scale"
+    for key in (action_key,) if cameras_only else (obs_key, action_key):
+        if key not in state:
+            raise UserError(f"{checkpoint}: no normalizer for {key!r} in the model weights")
+    obs_dim = int(state[obs_key].shape[0]) if obs_key in state else 0
+    return obs_dim, int(state[action_key].shape[0])

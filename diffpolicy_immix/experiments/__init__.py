@@ -4,12 +4,16 @@ bootstrap intervals, Diffusion Policy's best / last-k table, figures and a repor
     from diffpolicy_immix.experiments import compare_main
     compare_main(["experiment=reach_around", "seeds=5"])   # writes runs/compare/reach_around/report.md
 
+With a ``sampling_sweep`` block, each method is also evaluated at its own best sampling setting, chosen on
+a validation split (``sweep.py``).
+
 See docs/compare.md.
 """
 
 from .aggregate import ComparisonSummary, Estimate, MethodCurves, summarize
 from .compare import CompareResult, aggregate_runs, compare, compare_cli, compare_main
-from .spec import ExperimentSpec, MethodSpec, experiment_names, load_experiment
+from .spec import ExperimentSpec, MethodSpec, SamplingSweepSpec, SplitSpec, experiment_names, load_experiment
+from .sweep import SweepSummary, collect_sweep, run_sampling_sweep
 
 __all__ = [
     "CompareResult",
@@ -18,11 +22,16 @@ __all__ = [
     "ExperimentSpec",
     "MethodCurves",
     "MethodSpec",
+    "SamplingSweepSpec",
+    "SplitSpec",
+    "SweepSummary",
     "aggregate_runs",
+    "collect_sweep",
     "compare",
     "compare_cli",
     "compare_main",
     "experiment_names",
     "load_experiment",
+    "run_sampling_sweep",
     "summarize",
 ]

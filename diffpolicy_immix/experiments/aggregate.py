@@ -31,6 +31,7 @@ __all__ = [
     "MethodCurves",
     "MethodSummary",
     "best_and_last_k",
+    "best_setting",
     "bootstrap_band",
     "compute_threshold",
     "diff_ci",
@@ -263,6 +264,28 @@ def best_and_last_k(values: np.ndarray, k: int, higher_is_better: bool) -> tuple
         best = np.nanmax(x, axis=1) if higher_is_better else np.nanmin(x, axis=1)
         last = np.nanmean(x[:, -k:], axis=1)
     return best, last
+
+
+def best_setting(values: np.ndarray, higher_is_better: bool) -> int | None:
+    """Index of the setting with the best mean over seeds (the first one on a tie).
+
+    Only settings with a finite value for every seed compete, so every candidate's mean is taken over the
+    same seeds.
+
+    Args:
+        values: ndarray, shape (P, S): a metric of P settings on S seeds (NaN: missing).
+    Returns:
+        The index in ``0..P-1``, or None when no setting has a value for every seed.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 2 or x.shape[1] == 0:
+        return None
+    complete = np.isfinite(x).all(axis=1)  # (P,)
+    if not complete.any():
+        return None
+    worst = -math.inf if higher_is_better else math.inf
+    means = np.where(complete, np.where(complete[:, None], x, 0.0).mean(axis=1), worst)  # (P,)
+    return int(np.argmax(means) if higher_is_better else np.argmin(means))
 
 
 # -- a whole comparison -----------------------------------------------------------------------------

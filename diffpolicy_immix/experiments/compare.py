@@ -22,9 +22,10 @@ from diffpolicy_immix.errors import UserError
 from .aggregate import ComparisonSummary, summarize
 from .plots import write_all_plots
 from .records import RunRecord, load_method_curves, load_run
-from .report import compact_table, write_report
+from .report import compact_table, sweep_table, write_report
 from .runner import RunFn, RunOutcome, describe_task, plan_runs, run_sweep
 from .spec import ExperimentSpec, experiment_names, load_experiment
+from .sweep import EvaluateFn, SweepOutcome, SweepSummary, check_sampling_sweep, collect_sweep, run_sampling_sweep
 
 __all__ = ["CompareResult", "aggregate_runs", "compare", "compare_cli", "compare_main"]
 
@@ -38,10 +39,17 @@ class CompareResult:
     outcomes: list[RunOutcome]
     report: Path
     figures: dict[str, Path] = field(default_factory=dict)
+    sweep: SweepSummary | None = None
+    """The sampling sweep (None when the experiment has none)."""
+    sweep_outcomes: list[SweepOutcome] = field(default_factory=list)
 
     @property
     def failures(self) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.status in ("failed", "busy")]
+
+    @property
+    def sweep_failures(self) -> list[SweepOutcome]:
+        return [o for o in self.sweep_outcomes if o.status == "failed"]
 
 
 def aggregate_runs(spec: ExperimentSpec) -> tuple[dict[str, list[RunRecord]], ComparisonSummary]:
@@ -89,20 +97,28 @@ def input_errors() -> Iterator[None]:
         raise UserError(text[0] if text else type(err).__name__) from err
 
 
-def compare(spec: ExperimentSpec, run_fn: RunFn | None = None, echo: bool = True) -> CompareResult:
-    """Run (unless ``spec.run`` is false) and report an experiment.
+def compare(
+    spec: ExperimentSpec, run_fn: RunFn | None = None, echo: bool = True, evaluate_fn: EvaluateFn | None = None
+) -> CompareResult:
+    """Run (unless ``spec.run`` is false) and report an experiment: train the runs, then, with a
+    ``sampling_sweep``, evaluate the finished runs' sampling settings (validation, choice, test).
 
     Args:
         run_fn: replaces ``app.run_training`` (tests use a synthetic one).
         echo: print the compact table and the report's path.
+        evaluate_fn: replaces the sampling sweep's evaluation of a checkpoint (tests).
     """
     outcomes: list[RunOutcome] = []
+    sweep_outcomes: list[SweepOutcome] = []
     if spec.run:
         with input_errors():
             plans = plan_runs(spec)
+            check_sampling_sweep(spec, plans)
         outcomes = run_sweep(spec, plans, run_fn=run_fn).outcomes
+        sweep_outcomes = run_sampling_sweep(spec, evaluate_fn)
     with input_errors():  # unreadable run files (final.json, eval.csv) name the file
         records, summary = aggregate_runs(spec)
+        sweep = collect_sweep(spec, records) if spec.sampling_sweep is not None else None
     if not any(records.values()):
         summary.notes.append(
             f"no finished run under {spec.output_root}"
@@ -111,21 +127,35 @@ def compare(spec: ExperimentSpec, run_fn: RunFn | None = None, echo: bool = True
     first = next((recs[0] for recs in records.values() if recs), None)
     task_info = describe_task(first.config) if first is not None else {"kind": "?", "text": "unknown (no finished run)"}
     figures = write_all_plots(summary, spec.output_root, name=spec.name)
-    report = write_report(spec, summary, records, outcomes, task_info, figures)
-    result = CompareResult(spec, summary, outcomes, report, figures)
+    report = write_report(spec, summary, records, outcomes, task_info, figures, sweep, sweep_outcomes)
+    result = CompareResult(spec, summary, outcomes, report, figures, sweep, sweep_outcomes)
     if echo:
-        print(compact_table(spec, summary))
-        for s in summary.methods.values():
-            if s.verdict:
-                print(f"- {s.verdict}")
-        for note in summary.notes:
-            print(f"- note: {note}")
-        if result.failures:
-            print(f"{len(result.failures)} run(s) failed:", file=sys.stderr)
-            for o in result.failures:
-                print(f"  {o.label} seed {o.seed}: {o.error}", file=sys.stderr)
-        print(f"report: {report}")
+        _echo(result)
     return result
+
+
+def _echo(result: CompareResult) -> None:
+    """The compact table, verdicts, notes, failures and the report's path, on the terminal."""
+    spec, summary = result.spec, result.summary
+    print(compact_table(spec, summary))
+    for s in summary.methods.values():
+        if s.verdict:
+            print(f"- {s.verdict}")
+    for note in summary.notes:
+        print(f"- note: {note}")
+    if result.sweep is not None:
+        print(sweep_table(spec, result.sweep))
+        for note in result.sweep.notes:
+            print(f"- note: {note}")
+    if result.failures:
+        print(f"{len(result.failures)} run(s) failed:", file=sys.stderr)
+        for o in result.failures:
+            print(f"  {o.label} seed {o.seed}: {o.error}", file=sys.stderr)
+    if result.sweep_failures:
+        print(f"{len(result.sweep_failures)} sampling-sweep evaluation(s) failed:", file=sys.stderr)
+        for so in result.sweep_failures:
+            print(f"  {so.job.label} seed {so.job.seed} {so.job.split} {so.job.slug}: {so.error}", file=sys.stderr)
+    print(f"report: {result.report}")
 
 
 def compare_main(overrides: list[str], run_fn: RunFn | None = None) -> None:
@@ -133,12 +163,12 @@ def compare_main(overrides: list[str], run_fn: RunFn | None = None) -> None:
 
     Keys are the fields of ``ExperimentSpec`` (``seeds=5``, ``parallel=2``, ``threads=1``, ``run=false``,
     ``out_root=PATH``, ``extra=[train.steps=500]``, ...). Raises ``UserError`` with a one-line message on
-    bad input; exits with status 1 (after writing the report) when a run failed.
+    bad input; exits with status 1 (after writing the report) when a run or a sampling-sweep evaluation failed.
     """
     with input_errors():
         spec = load_experiment(None, list(overrides))
     result = compare(spec, run_fn=run_fn)
-    if result.failures:
+    if result.failures or result.sweep_failures:
         raise SystemExit(1)
 
 

@@ -1,7 +1,9 @@
-"""The written result of a comparison: ``<out_root>/report.md``, ``results.json`` and a compact stdout table."""
+"""The written result of a comparison: ``<out_root>/report.md``, ``results.json``, ``sampling_sweep.csv``
+(with a sampling sweep) and compact stdout tables."""
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,21 @@ from .aggregate import ComparisonSummary, Estimate, MethodSummary
 from .records import DIAGNOSTIC_COLUMNS, RunRecord, config_differences, write_json_atomic
 from .runner import RunOutcome
 from .spec import ExperimentSpec
+from .sweep import SweepOutcome, SweepSummary
 
-__all__ = ["compact_table", "render_report", "summary_to_dict", "threshold_definition", "write_report"]
+__all__ = [
+    "SWEEP_CSV",
+    "compact_table",
+    "render_report",
+    "summary_to_dict",
+    "sweep_table",
+    "sweep_to_dict",
+    "threshold_definition",
+    "write_report",
+    "write_sweep_csv",
+]
+
+SWEEP_CSV = "sampling_sweep.csv"
 
 
 # -- formatting -------------------------------------------------------------------------------------
@@ -136,6 +151,8 @@ def render_report(
     outcomes: list[RunOutcome],
     task_info: dict[str, Any],
     figures: dict[str, Path],
+    sweep: SweepSummary | None = None,
+    sweep_outcomes: list[SweepOutcome] | None = None,
 ) -> str:
     """``report.md`` as text."""
     sections = (
@@ -143,9 +160,10 @@ def render_report(
         _verdict_section(spec, summary),
         _time_section(spec, summary),
         _final_section(spec, summary),
+        _sweep_section(spec, sweep) if sweep is not None else [],
         _training_section(summary),
         _figures_section(figures),
-        _failures_section(spec, records, outcomes),
+        _failures_section(spec, records, outcomes, sweep_outcomes or []),
     )
     return "\n".join(line for section in sections for line in section)
 
@@ -172,6 +190,13 @@ def _setup_section(
         + ".",
         f"- Budget per run: {_budget(any_cfg)}." if any_cfg else "- Budget per run: unknown (no finished run).",
         f"- Compared metric: `{spec.metric}` ({'higher' if spec.higher_is_better else 'lower'} is better).",
+        f"- Fixed sampling setting of every evaluation during training (the verdict, time-to-threshold and "
+        f"final-performance tables): {_fixed_setting(base_cfg)}"
+        + (
+            "; the sampling sweep below evaluates each method at its own best setting instead."
+            if spec.sampling_sweep is not None
+            else "; one setting can favour one method (add a `sampling_sweep` to the experiment)."
+        ),
         f"- Bootstrap: {spec.n_boot} resamples of the seeds, {100 * spec.ci:g}% percentile intervals, seed "
         f"{spec.bootstrap_seed}; seeds are resampled jointly across methods when they ran the same seeds (a seed "
         "fixes initial weights, data order and training noise for every method).",
@@ -200,7 +225,7 @@ def _setup_section(
 def _verdict_section(spec: ExperimentSpec, summary: ComparisonSummary) -> list[str]:
     """One sentence per method, and the notes."""
     lines: list[str] = []
-    lines += ["## Verdict", ""]
+    lines += ["## Verdict (fixed sampling setting)", ""]
     verdicts = [s.verdict for s in summary.methods.values() if s.verdict]
     lines += [f"- {v}" for v in verdicts] or ["- No method could be compared with the baseline."]
     lines += [f"- Note: {n}" for n in summary.notes]
@@ -215,7 +240,7 @@ def _verdict_section(spec: ExperimentSpec, summary: ComparisonSummary) -> list[s
 def _time_section(spec: ExperimentSpec, summary: ComparisonSummary) -> list[str]:
     """Steps and wall time to threshold, speed-ups, per-seed steps."""
     lines: list[str] = []
-    lines += ["## Time to threshold", ""]
+    lines += ["## Time to threshold (fixed sampling setting)", ""]
     rows = []
     for label, s in summary.methods.items():
         reached = int(s.steps_est.n - s.steps_est.n_censored) if s.steps_est else 0
@@ -266,7 +291,7 @@ def _final_section(spec: ExperimentSpec, summary: ComparisonSummary) -> list[str
     lines: list[str] = []
     pct = f"{100 * spec.ci:g}% CI"
     lines += [
-        "## Final performance (Diffusion Policy's table)",
+        "## Final performance (Diffusion Policy's table, fixed sampling setting)",
         "",
         f"Per seed: the best evaluation and the mean of the last {spec.last_k} evaluations; mean ± standard "
         "deviation over seeds. Δ: difference of the last-k means from the baseline, with its bootstrap interval.",
@@ -331,24 +356,189 @@ def _figures_section(figures: dict[str, Path]) -> list[str]:
 
 
 def _failures_section(
-    spec: ExperimentSpec, records: dict[str, list[RunRecord]], outcomes: list[RunOutcome]
+    spec: ExperimentSpec,
+    records: dict[str, list[RunRecord]],
+    outcomes: list[RunOutcome],
+    sweep_outcomes: list[SweepOutcome],
 ) -> list[str]:
-    """Failed runs and runs that did not finish."""
+    """Failed runs, runs that did not finish and failed sampling-sweep evaluations."""
     lines: list[str] = []
     failed = [o for o in outcomes if o.status in ("failed", "busy")]
+    failed_evals = [o for o in sweep_outcomes if o.status == "failed"]
     missing = [
         f"{m.label}/seed{sd}"
         for m in spec.methods
         for sd in spec.seeds
         if sd not in {r.seed for r in records.get(m.label, [])}
     ]
-    if failed or missing:
+    if failed or missing or failed_evals:
         lines += ["## Failures and missing runs", ""]
         lines += [f"- {o.label} seed {o.seed}: {o.status}: {o.error} (see {o.run_dir}/error.txt)" for o in failed]
         if missing:
             lines.append(f"- Not finished (left out of every table): {', '.join(missing)}")
+        lines += [
+            f"- sampling sweep, {o.job.label} seed {o.job.seed}, {o.job.split} at {o.job.slug}: {o.error}"
+            for o in failed_evals
+        ]
         lines.append("")
     return lines
+
+
+def _fixed_setting(cfg: dict[str, Any]) -> str:
+    """The sampling setting a run configuration evaluates with: ``sampler ddim, 10 steps[, guidance 2]``."""
+    if not cfg:
+        return "unknown (no finished run)"
+    obj, task = cfg.get("objective") or {}, cfg.get("task") or {}
+    steps = obj.get("num_inference_steps") or task.get("num_inference_steps") or 10
+    text = f"sampler {obj.get('sampler') or 'default'}, {steps} steps"
+    if task.get("kind") == "image":
+        text += f", guidance {(task.get('eval') or {}).get('guidance_scale', 'default')}"
+    return text
+
+
+# -- the sampling sweep -----------------------------------------------------------------------------
+
+
+def _split_text(protocol: dict[str, Any], split: str) -> str:
+    """One split of the sampling sweep in words."""
+    if "episodes" in protocol:
+        return f"{protocol['episodes']} episodes on seeds {protocol['seed_offset']}+i"
+    if "n" in protocol:
+        seed = "the run's seed" + (" + the validation offset" if split == "validation" else "")
+        return (
+            f"{protocol['n']} samples per run, their noise seeded with {seed}, scored against the {split} half "
+            "of the data set's test split"
+        )
+    return "no result yet"
+
+
+def _sweep_section(spec: ExperimentSpec, sweep: SweepSummary) -> list[str]:
+    """Validation metric per grid point and method, each method's choice, and the test comparison."""
+    m = f"`{spec.metric}`"
+    pct = f"{100 * spec.ci:g}% CI"
+    lines = [
+        "## Sampling settings chosen on the validation split",
+        "",
+        f"Every finished run's final EMA checkpoint is evaluated at each of the {len(sweep.points)} sampling "
+        f"settings of the grid on the validation split ({_split_text(sweep.validation, 'validation')}). Per "
+        f"method, the setting with the best mean {m} over its seeds is chosen there (validation results only), "
+        f"and every run of the method is evaluated at that one setting on the test split "
+        f"({_split_text(sweep.test, 'test')}). Each method is thus compared at its own best setting; the "
+        "tables above use the one fixed setting.",
+        "",
+        f"Validation {m}, mean over seeds ({'higher' if spec.higher_is_better else 'lower'} is better; "
+        "**bold**: the method's choice; per-seed values in `results.json` and `sampling_sweep.csv`):",
+        "",
+    ]
+    labels = list(sweep.methods)
+    rows = []
+    for i, slug in enumerate(sweep.slugs):
+        cells = []
+        for label in labels:
+            ms = sweep.methods[label]
+            cell = _num(float(ms.validation_means()[i])) if ms.seeds else "n/a"
+            cells.append(f"**{cell}**" if ms.chosen == i else cell)
+        rows.append([f"`{slug}`", *cells])
+    counts = {label: len(sweep.methods[label].seeds) for label in labels}
+    header = ["setting", *[f"{label} ({n} seed{'' if n == 1 else 's'})" for label, n in counts.items()]]
+    lines += _table(header, rows)
+    lines += ["", f"Test {m}, each method at its own chosen setting:", ""]
+    rows = []
+    for label, ms in sweep.methods.items():
+        per_seed = ", ".join(f"{sd}: {_num(float(v))}" for sd, v in zip(ms.seeds, ms.test)) if ms.test.size else "-"
+        e, d = ms.test_estimate, ms.delta
+        rows.append(
+            [
+                label,
+                f"`{sweep.chosen(label)}`" if ms.chosen is not None else "none",
+                per_seed,
+                f"{_num(e.value)} [{_num(e.lo)}, {_num(e.hi)}]" if e else "n/a",
+                "baseline" if label == spec.baseline else (f"{d.value:+.4g} [{d.lo:+.4g}, {d.hi:+.4g}]" if d else "-"),
+            ]
+        )
+    header = ["method", "chosen setting", "test per seed", f"mean [{pct}]", f"Δ vs {spec.baseline} [{pct}]"]
+    lines += _table(header, rows)
+    lines.append("")
+    lines += [f"- {ms.verdict}" for ms in sweep.methods.values() if ms.verdict]
+    lines += [f"- Note: {n}" for n in sweep.notes]
+    lines.append("")
+    return lines
+
+
+def sweep_to_dict(sweep: SweepSummary) -> dict[str, Any]:
+    """The sampling sweep for ``results.json``: per method the validation metric per setting (mean and per
+    seed), the choice, and the test metric per seed with its mean, interval and difference from the baseline."""
+
+    def finite(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    methods = {}
+    for label, ms in sweep.methods.items():
+        means = ms.validation_means()
+        methods[label] = {
+            "seeds": ms.seeds,
+            "validation": {
+                slug: {
+                    "mean": finite(float(means[i])),
+                    "per_seed": {str(sd): finite(float(v)) for sd, v in zip(ms.seeds, ms.validation[i])},
+                }
+                for i, slug in enumerate(sweep.slugs)
+            },
+            "chosen": sweep.chosen(label),
+            "chosen_setting": sweep.points[ms.chosen] if ms.chosen is not None else None,
+            "test": {
+                "per_seed": {str(sd): finite(float(v)) for sd, v in zip(ms.seeds, ms.test)},
+                "estimate": ms.test_estimate.to_dict() if ms.test_estimate else None,
+            },
+            "delta_vs_baseline": ms.delta.to_dict() if ms.delta else None,
+            "verdict": ms.verdict,
+        }
+    return {
+        "settings": [{"slug": slug, "setting": p} for slug, p in zip(sweep.slugs, sweep.points)],
+        "validation": sweep.validation,
+        "test": sweep.test,
+        "methods": methods,
+        "notes": sweep.notes,
+    }
+
+
+def write_sweep_csv(path: Path, sweep: SweepSummary) -> None:
+    """One row per (method, seed, split, setting) with a result: the raw figures behind the sweep's tables."""
+    keys = list(sweep.points[0]) if sweep.points else []
+    with atomic_write(path, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "seed", "split", "setting", *keys, sweep.metric, "chosen"])
+        for label, ms in sweep.methods.items():
+            for i, (slug, point) in enumerate(zip(sweep.slugs, sweep.points)):
+                for sd, v in zip(ms.seeds, ms.validation[i]):
+                    if math.isfinite(v):
+                        w.writerow([label, sd, "validation", slug, *point.values(), v, int(ms.chosen == i)])
+            if ms.chosen is not None:
+                point = sweep.points[ms.chosen]
+                for sd, v in zip(ms.seeds, ms.test):
+                    if math.isfinite(v):
+                        w.writerow([label, sd, "test", sweep.slugs[ms.chosen], *point.values(), v, 1])
+
+
+def sweep_table(spec: ExperimentSpec, sweep: SweepSummary) -> str:
+    """The sampling sweep for the terminal: each method's chosen setting and test metric."""
+    rows = []
+    for label, ms in sweep.methods.items():
+        e, d = ms.test_estimate, ms.delta
+        rows.append(
+            [
+                label,
+                sweep.chosen(label) or "none",
+                f"{_num(e.value)} [{_num(e.lo)}, {_num(e.hi)}]" if e else "n/a",
+                "baseline" if label == spec.baseline else (f"{d.value:+.4g} [{d.lo:+.4g}, {d.hi:+.4g}]" if d else "-"),
+            ]
+        )
+    header = ["method", "chosen on validation", f"test {spec.metric} [CI]", f"Δ vs {spec.baseline} [CI]"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    out = ["sampling sweep: each method at its own best setting"]
+    out.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
 
 
 def _threads_text(records: dict[str, list[RunRecord]]) -> str:
@@ -411,15 +601,22 @@ def write_report(
     outcomes: list[RunOutcome],
     task_info: dict[str, Any],
     figures: dict[str, Path],
+    sweep: SweepSummary | None = None,
+    sweep_outcomes: list[SweepOutcome] | None = None,
 ) -> Path:
-    """Write ``report.md`` and ``results.json`` into ``spec.output_root`` (atomically); returns the report path."""
+    """Write ``report.md``, ``results.json`` and, with a sampling sweep, ``sampling_sweep.csv`` into
+    ``spec.output_root`` (atomically); returns the report path."""
     out = spec.output_root
     out.mkdir(parents=True, exist_ok=True)
-    text = render_report(spec, summary, records, outcomes, task_info, figures)
+    text = render_report(spec, summary, records, outcomes, task_info, figures, sweep, sweep_outcomes)
     path = out / "report.md"
     with atomic_write(path) as f:
         f.write(text + "\n")
-    write_json_atomic(out / "results.json", summary_to_dict(spec, summary, task_info))
+    results = summary_to_dict(spec, summary, task_info)
+    if sweep is not None:
+        results["sampling_sweep"] = sweep_to_dict(sweep)
+        write_sweep_csv(out / SWEEP_CSV, sweep)
+    write_json_atomic(out / "results.json", results)
     return path
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import copy
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from tqdm import tqdm
@@ -46,10 +47,13 @@ __all__ = [
     "describe_task",
     "execute_run",
     "plan_runs",
+    "run_in_processes",
     "run_sweep",
 ]
 
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def cpu_cores() -> int:
@@ -422,25 +426,52 @@ def _run_pool(
     run_fn: RunFn | None,
     record: Callable[[RunOutcome], None],
 ) -> None:
+    def done(p: RunPlan, result: RunOutcome | BaseException) -> None:
+        if isinstance(result, BaseException):  # the worker process died (killed, out of memory, ...)
+            result = RunOutcome(p.label, p.seed, p.run_dir, "failed", f"{type(result).__name__}: {_short(result)}")
+        record(result)
+
+    task = functools.partial(execute_run, threads=threads, run_fn=run_fn)
+    run_in_processes(task, pending, spec.parallel, threads, done, show_bars=spec.progress == "bars")
+
+
+def run_in_processes(
+    fn: Callable[[T], R],
+    items: list[T],
+    workers: int,
+    threads: int,
+    on_done: Callable[[T, R | BaseException], None],
+    show_bars: bool = False,
+) -> None:
+    """Call ``fn(item)`` for every item in up to ``workers`` spawned processes, ``threads`` torch threads each.
+
+    ``on_done(item, result)`` runs in this process as each call returns; ``result`` is the exception when
+    the worker process died. Workers exit when this process dies; an interrupt terminates them.
+
+    Args:
+        fn: a picklable callable (a module-level function or a ``functools.partial`` of one).
+        show_bars: let the workers draw their own tqdm bars.
+    """
+    if not items:
+        return
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    if spec.progress != "bars":
+    if not show_bars:
         env["TQDM_DISABLE"] = "1"
-    workers = min(spec.parallel, len(pending))
     with _environ(env):
         pool = cf.ProcessPoolExecutor(
-            max_workers=workers,
+            max_workers=min(workers, len(items)),
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=(os.getpid(), threads),
         )
-        futures = {pool.submit(execute_run, p, threads, run_fn): p for p in pending}
+        futures = {pool.submit(fn, item): item for item in items}
         try:
             for fut in cf.as_completed(futures):
-                p = futures[fut]
                 try:
-                    record(fut.result())
-                except Exception as err:  # the worker process died (killed, out of memory, ...)
-                    record(RunOutcome(p.label, p.seed, p.run_dir, "failed", f"{type(err).__name__}: {_short(err)}"))
+                    result: R | BaseException = fut.result()
+                except Exception as err:  # the worker process died
+                    result = err
+                on_done(futures[fut], result)
         except BaseException:
             for proc in list(getattr(pool, "_processes", {}).values()):  # our own workers, by process
                 proc.terminate()

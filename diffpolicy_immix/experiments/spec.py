@@ -13,6 +13,7 @@ naming the field and the value.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -25,11 +26,15 @@ import yaml
 __all__ = [
     "PROGRESS_MODES",
     "THRESHOLD_MODES",
+    "VALIDATION_SEED_OFFSET",
     "ExperimentSpec",
     "MethodSpec",
+    "SamplingSweepSpec",
+    "SplitSpec",
     "experiment_names",
     "load_experiment",
     "parse_overrides",
+    "setting_slug",
 ]
 
 THRESHOLD_MODES = ("ratio", "progress", "absolute")
@@ -126,6 +131,9 @@ class ExperimentSpec:
     """False: do not train; re-read the finished runs under ``out_root`` and write the report."""
     description: str = ""
     """One line for the report."""
+    sampling_sweep: SamplingSweepSpec | None = None
+    """Evaluate every finished run at each setting of a sampling grid on a validation split, choose each
+    method's best setting there and evaluate it on the test split (None: only the fixed setting)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SAFE_NAME.match(self.name):
@@ -180,6 +188,7 @@ class ExperimentSpec:
             raise ValueError(f"experiment.progress={self.progress!r} is invalid; choose one of {PROGRESS_MODES}")
         if not isinstance(self.description, str):
             raise ValueError(f"experiment.description={self.description!r} is invalid; it must be a string")
+        self.sampling_sweep = _sampling_sweep(self.sampling_sweep)
 
     @property
     def output_root(self) -> Path:
@@ -202,6 +211,8 @@ class ExperimentSpec:
         out["methods"] = [{"label": m.label, "overrides": list(m.overrides)} for m in self.methods]
         for key in ("base", "extra", "seeds"):
             out[key] = list(out[key])
+        if self.sampling_sweep is not None:
+            out["sampling_sweep"]["grid"] = {k: list(v) for k, v in self.sampling_sweep.grid.items()}
         return out
 
 
@@ -230,6 +241,136 @@ def _seeds(value: Any) -> tuple[int, ...]:
             raise ValueError(f"experiment.seeds={list(value)!r} is invalid; seeds must be distinct")
         return tuple(int(s) for s in value)
     raise ValueError(f"experiment.seeds={value!r} is invalid; give a count >= 1 or a list of integers >= 0")
+
+
+# -- the sampling sweep -----------------------------------------------------------------------------
+
+VALIDATION_SEED_OFFSET = 200000
+"""First seed of the validation episodes: disjoint from the demonstrations' seeds (``demos.seed + i``, from
+0) and the test seeds (``task.eval.seed_offset + i``, from 100000)."""
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How much evaluation one (run, sampling setting) gets on one split of the sampling sweep."""
+
+    episodes: int | None = None
+    """Policies: rollout episodes (None: the task's ``eval.episodes``)."""
+    n: int | None = None
+    """Images: generated samples, scored against the split's reference images (None: ``eval.n_samples``)."""
+    seed_offset: int | None = None
+    """Validation only: a policy resets episode ``i`` with seed ``seed_offset + i``; an image model's sampling
+    noise is seeded with the run's seed + ``seed_offset``. None: ``VALIDATION_SEED_OFFSET``."""
+
+
+@dataclass
+class SamplingSweepSpec:
+    """Each method at its own best sampling setting, chosen on a validation split (docs/compare.md).
+
+    ``grid`` maps sampling keys of the run configuration (``objective.sampler``,
+    ``objective.num_inference_steps``, ``task.eval.guidance_scale``, ... or their short names ``sampler``,
+    ``steps``, ``guidance_scale``) to the values to try; the grid is their cartesian product.
+    """
+
+    grid: dict[str, tuple[Any, ...]]
+    """Full sampling key -> values (a short name given in the file is stored as its key)."""
+    validation: SplitSpec = field(default_factory=SplitSpec)
+    """Where the setting is chosen: every grid point, every finished run."""
+    test: SplitSpec = field(default_factory=SplitSpec)
+    """Where the chosen setting is measured: one point per method, every finished run of it."""
+
+    def __post_init__(self) -> None:
+        self.grid = _grid(self.grid)
+        self.validation = _split("validation", self.validation)
+        if self.validation.seed_offset is None:
+            self.validation = dataclasses.replace(self.validation, seed_offset=VALIDATION_SEED_OFFSET)
+        self.test = _split("test", self.test)
+        if self.test.seed_offset is not None:
+            raise ValueError(
+                "experiment.sampling_sweep.test.seed_offset cannot be set; the test split is the task's own test "
+                "seeds (task.eval.seed_offset)"
+            )
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        """Every setting of the grid, the cartesian product in file order (the first key varies slowest)."""
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+
+
+def _value_text(value: Any) -> str:
+    """How a grid value appears in a setting's label: ``true``, ``20``, ``1.5``, ``ddim``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def setting_slug(point: dict[str, Any]) -> str:
+    """A path-safe label of a grid point, short names in grid order: ``steps=5,sampler=ddim``."""
+    from diffpolicy_immix.app.config import SAMPLING_KEYS
+
+    return ",".join(f"{SAMPLING_KEYS.get(k, k)}={_value_text(v)}" for k, v in point.items())
+
+
+def _grid(value: Any) -> dict[str, tuple[Any, ...]]:
+    from diffpolicy_immix.app.config import sampling_key
+
+    where = "experiment.sampling_sweep.grid"
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"{where}={value!r} is invalid; map sampling keys to lists of values, e.g. {{steps: [5, 10]}}")
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, values in value.items():
+        try:
+            key = sampling_key(str(name))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if key in out:
+            raise ValueError(f"{where}: {name!r} names {key} a second time")
+        if not isinstance(values, list | tuple):
+            values = [values]
+        if not values or not all(_is_number(v) or isinstance(v, str | bool) for v in values):
+            raise ValueError(f"{where}.{name}={values!r} is invalid; give a list of numbers, strings or booleans")
+        texts = [_value_text(v) for v in values]
+        bad = [t for t in texts if not _SAFE_NAME.match(t)]
+        if bad:
+            raise ValueError(f"{where}.{name}: value {bad[0]!r} is invalid; use letters, digits and _ . + -")
+        if len(set(texts)) != len(texts):
+            raise ValueError(f"{where}.{name}={list(values)!r} is invalid; the values must be distinct")
+        out[key] = tuple(values)
+    return out
+
+
+def _split(name: str, value: Any) -> SplitSpec:
+    where = f"experiment.sampling_sweep.{name}"
+    if isinstance(value, SplitSpec):
+        value = dataclasses.asdict(value)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}={value!r} is invalid; write e.g. {{episodes: 20}} or {{n: 500}}")
+    unknown = sorted(set(value) - {"episodes", "n", "seed_offset"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; valid keys: episodes, n, seed_offset")
+    for key, low in (("episodes", 1), ("n", 2), ("seed_offset", 0)):
+        v = value.get(key)
+        if v is not None and (not _is_int(v) or v < low):
+            raise ValueError(f"{where}.{key}={v!r} is invalid; it must be an integer >= {low}")
+    return SplitSpec(**value)
+
+
+def _sampling_sweep(value: Any) -> SamplingSweepSpec | None:
+    if value is None or isinstance(value, SamplingSweepSpec):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"experiment.sampling_sweep={value!r} is invalid; give a mapping with grid, validation, test")
+    unknown = sorted(set(value) - {"grid", "validation", "test"})
+    if unknown:
+        raise ValueError(f"experiment.sampling_sweep: unknown key {unknown[0]!r}; valid keys: grid, validation, test")
+    if "grid" not in value:
+        raise ValueError("experiment.sampling_sweep has no grid; e.g. grid: {objective.num_inference_steps: [5, 10]}")
+    return SamplingSweepSpec(value["grid"], value.get("validation"), value.get("test"))
 
 
 # -- loading ----------------------------------------------------------------------------------------
