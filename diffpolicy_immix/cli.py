@@ -109,6 +109,8 @@ def _collect(cfg: Any) -> None:
         seed=int(seed),
         max_steps=plain["max_steps"],
         keep_failed=plain["keep_failed"],
+        dart_noise=plain["dart_noise"] if plain.get("dart_noise") is not None else task["demos"].get("dart_noise", 0.0),
+        workers=plain["workers"] if plain.get("workers") is not None else task["demos"].get("workers", 1),
     )
     print(
         f"{task['name']}: expert success {summary['episodes_succeeded']}/{summary['episodes_attempted']} "
@@ -119,7 +121,7 @@ def _collect(cfg: Any) -> None:
 
 
 def collect() -> None:
-    """``dpi-collect task=<name> episodes=N seed=S [out=PATH] [keep_failed=true]``."""
+    """``dpi-collect task=<name> episodes=N seed=S [out=PATH] [keep_failed=true] [dart_noise=0.05] [workers=4]``."""
     run_hydra("dpi_collect", _collect)
 
 
@@ -221,12 +223,17 @@ def train() -> None:
 
 
 def _load_trained(
-    cfg: Any, kind: str, other_command: str, task_overrides: dict[str, Any] | None = None
+    cfg: Any,
+    kind: str,
+    other_command: str,
+    task_overrides: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> tuple[Path, torch.device, Any, dict[str, Any]]:
     """(checkpoint path, device, model with EMA weights unless ema=false, run config) for dpi-eval/dpi-sample.
 
     The checkpoint is a run's ``checkpoints/latest.pt`` or one of its weights-only ``.safetensors`` files;
-    ``task_overrides`` (dpi-eval's ``task.*``) replace fields of a policy checkpoint's task.
+    ``task_overrides`` (dpi-eval's ``task.*``) replace fields of a policy checkpoint's task; ``sampling``
+    (dpi-eval's ``sampler``/``steps``) replaces sampling settings of the checkpoint's objective.
     """
     from diffpolicy_immix.app import load_model
     from diffpolicy_immix.training.trainer import resolve_device
@@ -238,7 +245,9 @@ def _load_trained(
         device = resolve_device(str(cfg.device))
     except ValueError as err:
         raise UserError(str(err).replace("train.device", "device")) from None
-    model, run_cfg = load_model(ckpt, use_ema=bool(cfg.ema), device=device, task_overrides=task_overrides)
+    model, run_cfg = load_model(
+        ckpt, use_ema=bool(cfg.ema), device=device, task_overrides=task_overrides, sampling=sampling
+    )
     found = run_cfg["task"].get("kind", "policy")
     if found != kind:
         raise UserError(f"{ckpt} holds a {found} model; use {other_command} for it")
@@ -255,7 +264,8 @@ def _evaluate(cfg: Any) -> None:
     from diffpolicy_immix.utils.io import atomic_write
 
     plain = _plain(cfg)
-    ckpt, device, model, run_cfg = _load_trained(cfg, "policy", "dpi-sample", plain.get("task"))
+    sampling = {k: plain[k] for k in ("sampler", "steps") if plain.get(k) is not None}
+    ckpt, device, model, run_cfg = _load_trained(cfg, "policy", "dpi-sample", plain.get("task"), sampling)
     task = run_cfg["task"]
     if task.get("env_id") is None:
         raise UserError(f"{ckpt}: its task has no env_id to evaluate on; set task.env_id=<gymnasium id>")

@@ -360,3 +360,25 @@ def test_dpi_data_commands(tmp_path: Path) -> None:
     )
     bad = run("convert", str(src), "o2.zarr", "--mask", "nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "mask/nope: no such filter key" in bad.stderr
+
+
+@needs_lerobot
+def test_lerobot_v30_decodes_each_episode_range_only(tmp_path: Path, monkeypatch) -> None:
+    """One video file holds every episode; each episode's frames come from a decode of its own time range
+    (a file of many long episodes never sits in memory whole), and the content is the episode's."""
+    from diffpolicy_immix.data.convert import LeRobotReader
+
+    src = write_lerobot_v30(tmp_path / "ds")
+    held: list[int] = []
+    decode = LeRobotReader._decode
+
+    def counting(self, path, t0=None, t1=None):
+        times, frames = decode(self, path, t0, t1)
+        held.append(len(frames))
+        return times, frames
+
+    monkeypatch.setattr(LeRobotReader, "_decode", counting)
+    convert(src, tmp_path / "out.zarr", progress=False)
+    assert len(held) == len(LENGTHS)
+    assert all(n <= length + 2 for n, length in zip(held, LENGTHS))  # its frames, +-1 at the borders
+    assert max(held) < sum(LENGTHS)

@@ -232,3 +232,119 @@ def test_collection_removes_leftovers_of_a_killed_collection(tmp_path: Path) -> 
         )
     assert not any(p.exists() for p in leftovers) and other.exists()
     assert validate_store(tmp_path / "demo.zarr")["n_episodes"] >= 1
+
+
+class RecordingEnv(FakeReachEnv):
+    """Remembers every action it executed, across episodes."""
+
+    executed: list[np.ndarray] = []
+
+    def step(self, action):
+        self.executed.append(np.asarray(action, dtype=np.float64).copy())
+        return super().step(action)
+
+
+def test_dart_noise_records_clean_actions_and_executes_perturbed_ones(tmp_path: Path) -> None:
+    env = RecordingEnv()
+    env.executed = []
+    out = tmp_path / "dart.zarr"
+    collect_demonstrations(
+        "fake",
+        out,
+        episodes=6,
+        seed=3,
+        max_steps=40,
+        env_fn=lambda: env,
+        expert=FakeExpert(),
+        keep_failed=True,
+        dart_noise=0.25,
+        progress=False,
+    )
+    with ReplayBuffer.open(out) as buf:
+        obs, actions = buf["obs"][:], buf["action"][:]
+        assert buf.attrs["dart_noise"] == 0.25
+    clean = np.clip(obs[:, 2:] - obs[:, :2], -0.2, 0.2)  # what the expert asked for at each recorded step
+    clean[obs[:, 2] < -0.5] = 0.0  # its stalling episodes
+    np.testing.assert_allclose(actions, clean, atol=1e-6)  # the store holds the expert's clean actions
+    executed = np.stack(env.executed)
+    assert executed.shape == actions.shape
+    assert np.all(np.abs(executed) <= 0.2 + 1e-6)  # clipped to the action space
+    # noise std = 0.25 * half-range 0.2 = 0.05 where no clipping happened; +-30% covers the sampling spread
+    inside = np.all(np.abs(executed) < 0.2 - 1e-6, axis=1)
+    assert inside.sum() > 20
+    assert 0.035 < (executed - actions)[inside].std() < 0.065
+
+
+def test_dart_noise_is_reproducible_and_checked(tmp_path: Path) -> None:
+    stores = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.zarr"
+        collect_demonstrations(
+            "fake",
+            out,
+            episodes=3,
+            seed=1,
+            max_steps=40,
+            env_fn=FakeReachEnv,
+            expert=FakeExpert(),
+            keep_failed=True,
+            dart_noise=0.1,
+            progress=False,
+        )
+        with ReplayBuffer.open(out) as buf:
+            stores.append(buf["obs"][:])
+    np.testing.assert_array_equal(stores[0], stores[1])
+    for bad in (-0.1, 1.5, "x", True):
+        with pytest.raises(UserError, match="dart_noise"):
+            collect_demonstrations(
+                "fake",
+                tmp_path / "bad.zarr",
+                episodes=1,
+                max_steps=40,
+                env_fn=FakeReachEnv,
+                expert=FakeExpert(),
+                dart_noise=bad,
+                progress=False,
+            )
+
+
+def test_parallel_collection_writes_the_same_store(tmp_path: Path) -> None:
+    """Episode i's env seed, expert seed and DART noise depend on i only, so 2 workers write what 1 does."""
+    pytest.importorskip("diffpolicy_immix_envs")
+    arrays = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.zarr"
+        stats = collect_demonstrations(
+            "reach_around", out, episodes=4, seed=7, keep_failed=True, dart_noise=0.05, workers=workers, progress=False
+        )
+        assert stats["episodes_attempted"] == 4
+        with ReplayBuffer.open(out) as buf:
+            arrays.append((buf["obs"][:], buf["action"][:], buf.episode_ends[:], buf.attrs["episode_seeds"]))
+    for a, b in zip(*arrays):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_parallel_collection_needs_the_builtin_expert(tmp_path: Path) -> None:
+    for bad in (0, 1.5, True):
+        with pytest.raises(UserError, match="workers"):
+            collect_demonstrations(
+                "fake",
+                tmp_path / "x.zarr",
+                episodes=1,
+                env_fn=FakeReachEnv,
+                expert=FakeExpert(),
+                max_steps=5,
+                workers=bad,
+                progress=False,
+            )
+    with pytest.raises(UserError, match="built-in env and expert"):
+        collect_demonstrations(
+            "fake",
+            tmp_path / "x.zarr",
+            episodes=1,
+            env_fn=FakeReachEnv,
+            expert=FakeExpert(),
+            max_steps=5,
+            workers=2,
+            progress=False,
+        )

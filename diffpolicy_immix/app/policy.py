@@ -196,7 +196,13 @@ def ensure_demonstrations(task: dict[str, Any], progress: bool = True) -> Path:
     demos = task["demos"]
     print(f"[{task['name']}] {path} is missing: collecting {demos['episodes']} expert demonstrations")
     summary = collect_demonstrations(
-        str(task["env_id"]), path, episodes=int(demos["episodes"]), seed=int(demos["seed"]), progress=progress
+        str(task["env_id"]),
+        path,
+        episodes=int(demos["episodes"]),
+        seed=int(demos["seed"]),
+        progress=progress,
+        dart_noise=demos.get("dart_noise", 0.0),
+        workers=demos.get("workers", 1),
     )
     print(
         f"[{task['name']}] expert success {100 * summary['success_rate']:.1f}%, "

@@ -13,6 +13,13 @@ key by key instead of ``obs``, as in Diffusion Policy's image datasets: ``data/i
 in chunks of :data:`IMAGE_CHUNK_STEPS` frames (a training batch reads few frames per chunk) and
 ``data/state`` (T, 6) float32; an info key of the same name as an observation key is not stored.
 
+With ``dart_noise > 0`` the collection injects noise in the manner of DART (Laskey et al., 2017): the
+environment executes the expert's action plus Gaussian noise, the store records the expert's clean
+action, and the closed-loop expert corrects from wherever the perturbation took the system. The policy
+then sees how the expert recovers from states just off its own path. The noise's standard deviation is
+``dart_noise`` times the half-range of each action dimension (absolute units for an unbounded action
+space); the perturbed action is clipped to the action space.
+
 An episode succeeds if any step's ``info["success"]`` is true; its score is the maximum
 ``info["score"]`` (the reward when absent). By default only successful episodes are stored (the
 attributes record how many were attempted). The store is written atomically: nothing appears at
@@ -21,10 +28,12 @@ attributes record how many were attempted). The store is written atomically: not
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,16 +98,20 @@ class _Tally:
         }
 
 
-def _resolve_expert(env_id: str, seed: int, env_fn: Callable[[], Any] | None, expert: Any) -> tuple[str, Any, Any]:
-    """(gymnasium id, env factory, expert), defaulting to the toolkit's tasks and scripted experts."""
+def _resolve_expert(
+    env_id: str, env_fn: Callable[[], Any] | None, expert: Any
+) -> tuple[str, Callable[[], Any], Callable[[int], Any]]:
+    """(gymnasium id, env factory, expert factory: seed -> expert), defaulting to the toolkit's tasks and
+    scripted experts; a given ``expert`` object serves every episode."""
     if env_fn is not None and expert is not None:
-        return env_id, env_fn, expert
+        return env_id, env_fn, lambda _seed: expert
     pkg = _load_env_package(env_id)
     if hasattr(pkg, "resolve_task"):  # short names ("reach_around") -> the gymnasium id
         env_id = pkg.resolve_task(env_id)
     env_fn = env_fn or (lambda: pkg.make_env(env_id))
-    expert = expert if expert is not None else pkg.make_expert(env_id, seed=seed)
-    return env_id, env_fn, expert
+    if expert is not None:
+        return env_id, env_fn, lambda _seed: expert
+    return env_id, env_fn, lambda seed: pkg.make_expert(env_id, seed=seed)
 
 
 def _make_env(env_id: str, env_fn: Callable[[], Any]) -> Any:
@@ -108,10 +121,37 @@ def _make_env(env_id: str, env_fn: Callable[[], Any]) -> Any:
         raise MissingExtraError(f"{env_id}: {str(err).strip().splitlines()[0]}") from err
 
 
+class _Perturbation:
+    """DART-style execution noise of one episode: ``clean + N(0, (dart_noise * half-range)^2)``, clipped to
+    the action space."""
+
+    def __init__(self, space: Any, dart_noise: float, seed: int) -> None:
+        low = np.asarray(getattr(space, "low", -np.inf), dtype=np.float64)
+        high = np.asarray(getattr(space, "high", np.inf), dtype=np.float64)
+        bounded = np.isfinite(low) & np.isfinite(high)
+        self.low, self.high = low, high
+        self.std = dart_noise * np.where(bounded, (high - low) / 2, 1.0)
+        self.rng = np.random.default_rng([seed, 0xDA27])
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        clean = np.asarray(action, dtype=np.float64)
+        noisy = clean + self.std * self.rng.standard_normal(clean.shape)
+        return np.clip(noisy, self.low, self.high).astype(np.asarray(action).dtype)
+
+
 def _run_episode(
-    env: Any, expert: Any, env_id: str, index: int, ep_seed: int, limit: int, info_keys: Sequence[str], state: dict
+    env: Any,
+    expert: Any,
+    env_id: str,
+    index: int,
+    ep_seed: int,
+    limit: int,
+    info_keys: Sequence[str],
+    state: dict,
+    perturb: _Perturbation | None = None,
 ) -> tuple[dict[str, np.ndarray], bool, float]:
     """One expert episode: (arrays (T, ...) of obs, action and stored info keys, success, max score).
+    With ``perturb`` the env executes ``perturb(action)`` while the clean action is recorded.
 
     ``state["stored_info"]`` (the info keys stored, decided on the first episode) is filled here.
     """
@@ -137,7 +177,7 @@ def _run_episode(
             if k not in info:
                 raise KeyError(f"{env_id}: episode {index} (seed {ep_seed}): info lacks key {k!r}")
             rows[k].append(np.asarray(info[k]))
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action if perturb is None else perturb(action))
         if first:  # warn once about keys that only step() reports
             first = False
             late = [k for k in info_keys if k not in stored and np.ndim(info.get(k)) >= 1]
@@ -152,6 +192,50 @@ def _run_episode(
         if v.dtype == np.float64:
             episode[k] = v.astype(np.float32)
     return episode, success, score
+
+
+# -- parallel collection: each worker process holds one env and makes the built-in expert per episode ----
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(env_id: str) -> None:
+    pkg = _load_env_package(env_id)
+    _WORKER.update(pkg=pkg, env=_make_env(env_id, lambda: pkg.make_env(env_id)), state={})
+
+
+def _worker_episode(job: tuple[str, int, int, int, tuple[str, ...], float]) -> tuple[Any, ...]:
+    env_id, index, ep_seed, limit, info_keys, dart_noise = job
+    env, state = _WORKER["env"], _WORKER["state"]
+    perturb = _Perturbation(env.action_space, dart_noise, ep_seed) if dart_noise > 0 else None
+    expert = _WORKER["pkg"].make_expert(env_id, seed=ep_seed)
+    episode, success, score = _run_episode(env, expert, env_id, index, ep_seed, limit, info_keys, state, perturb)
+    return episode, success, score, state["stored_info"]
+
+
+def _episodes(
+    env: Any,
+    make_expert: Callable[[int], Any],
+    env_id: str,
+    episodes: int,
+    seed: int,
+    limit: int,
+    info_keys: Sequence[str],
+    state: dict,
+    dart_noise: float,
+    workers: int,
+) -> Iterator[tuple[dict[str, np.ndarray], bool, float]]:
+    """The episodes in index order: run here one by one, or by ``workers`` spawned processes."""
+    if workers <= 1:
+        for i in range(episodes):
+            perturb = _Perturbation(env.action_space, dart_noise, seed + i) if dart_noise > 0 else None
+            yield _run_episode(env, make_expert(seed + i), env_id, i, seed + i, limit, info_keys, state, perturb)
+        return
+    jobs = [(env_id, i, seed + i, limit, tuple(info_keys), dart_noise) for i in range(episodes)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(env_id,)) as pool:
+        for episode, success, score, stored in pool.map(_worker_episode, jobs):
+            state.setdefault("stored_info", stored)
+            yield episode, success, score
 
 
 def _remove_leftovers(out_path: Path) -> None:
@@ -175,6 +259,8 @@ def collect_demonstrations(
     chunk_steps: int | None = None,
     overwrite: bool = True,
     progress: bool = True,
+    dart_noise: float = 0.0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Roll out the scripted expert of ``env_id`` and write its episodes to ``out_path``.
 
@@ -184,7 +270,8 @@ def collect_demonstrations(
         out_path: destination store (``*.zarr`` directory or ``*.zip``). Leftovers of a killed collection
             to the same path (``<name>.tmp-<pid>-<n>``, ``<name>.old-<pid>``) are removed with a warning.
         episodes: episodes to attempt.
-        seed: episode ``i`` is reset with ``seed + i``; the expert is made with ``seed``.
+        seed: episode ``i`` is reset with ``seed + i``, and the built-in expert is made for it with
+            ``make_expert(env_id, seed=seed + i)`` (so the store does not depend on ``workers``).
         max_steps: step limit per episode (default: the env's ``spec.max_episode_steps``).
         keep_failed: also store episodes that never reported ``info["success"]``.
         env_fn: builds the env (default ``diffpolicy_immix_envs.make_env(env_id)``).
@@ -194,6 +281,11 @@ def collect_demonstrations(
         chunk_steps: time steps per zarr chunk (default about 1 MiB per chunk).
         overwrite: replace an existing store at ``out_path`` once the new one is complete.
         progress: show a tqdm bar with the running success rate.
+        dart_noise: execution noise (module docstring): standard deviation as a fraction of each action
+            dimension's half-range; the clean expert action is recorded. 0 disables it. Episode ``i``'s
+            noise comes from a generator seeded with ``seed + i``.
+        workers: processes that run episodes in parallel (spawned; each holds one env); the store is the
+            same for any number. More than 1 needs the built-in env and expert (no ``env_fn``/``expert``).
 
     Returns:
         ``{"path", "episodes_attempted", "episodes_succeeded", "episodes_kept", "success_rate",
@@ -208,7 +300,16 @@ def collect_demonstrations(
         raise UserError(f"episodes={episodes} must be >= 1")
     if max_steps is not None and max_steps < 1:
         raise UserError(f"max_steps={max_steps} must be >= 1 or None")
-    env_id, env_fn, expert = _resolve_expert(env_id, seed, env_fn, expert)
+    if isinstance(dart_noise, bool) or not (isinstance(dart_noise, (int, float)) and 0.0 <= dart_noise <= 1.0):
+        raise UserError(f"dart_noise={dart_noise!r} must be a number in [0, 1] (a fraction of the action half-range)")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"workers={workers!r} must be an integer >= 1")
+    if workers > 1 and (env_fn is not None or expert is not None):
+        raise UserError(
+            f"workers={workers} needs the task's built-in env and expert; pass env_fn/expert with workers=1"
+        )
+    env_id, env_fn, make_expert = _resolve_expert(env_id, env_fn, expert)
+    expert = make_expert(seed)  # names the store's expert
     env = _make_env(env_id, env_fn)
     _remove_leftovers(Path(out_path))
     try:
@@ -223,19 +324,29 @@ def collect_demonstrations(
             "action_key": "action",
             "max_steps": int(limit),
             "keep_failed": bool(keep_failed),
+            "dart_noise": float(dart_noise),
         }
         tally, state, shapes = _Tally(), {}, {}
+        spaces = getattr(getattr(env, "observation_space", None), "spaces", None)
+        if isinstance(spaces, Mapping):  # a dict observation is stored key by key
+            attrs["obs_keys"] = list(spaces)
         images = _image_keys(getattr(env, "observation_space", None))
         if images:
-            attrs["obs_keys"] = list(env.observation_space.spaces)
             attrs["image_keys"] = images
             if chunk_steps is None:
                 chunk_steps = {k: IMAGE_CHUNK_STEPS for k in images}
         t0 = time.perf_counter()
         with ReplayBuffer.create_writer(out_path, attrs, chunk_steps=chunk_steps, overwrite=overwrite) as writer:
-            bar = tqdm(range(episodes), desc=f"collect {env_id}", unit="ep", disable=not progress)
-            for i in bar:
-                episode, success, score = _run_episode(env, expert, env_id, i, seed + i, limit, info_keys, state)
+            bar = tqdm(
+                _episodes(
+                    env, make_expert, env_id, episodes, seed, limit, info_keys, state, float(dart_noise), workers
+                ),
+                total=episodes,
+                desc=f"collect {env_id}" + (f" ({workers} workers)" if workers > 1 else ""),
+                unit="ep",
+                disable=not progress,
+            )
+            for i, (episode, success, score) in enumerate(bar):
                 length = len(episode["action"])
                 tally.attempted += 1
                 tally.steps_total += length

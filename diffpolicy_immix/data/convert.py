@@ -461,19 +461,31 @@ class LeRobotReader:
             out[i] = img.reshape(hwc)
         return out
 
-    def _decode(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """All frames of a video: times (N,) s and frames (N, H, W, 3) uint8."""
+    def _decode(self, path: Path, t0: float | None = None, t1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Frames of a video with presentation times in [t0, t1] (every frame when both are None): times (N,)
+        s and frames (N, H, W, 3) uint8. With ``t0`` the decoder seeks to the keyframe before it, so one
+        episode of a many-episode v3.0 file is decoded without decoding (and holding) the whole file."""
         av = _require("av", "lerobot", "LeRobot videos")
         times, frames = [], []
         try:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
+                seek = t0 is not None and t0 > 0 and stream.time_base is not None
+                if seek:
+                    container.seek(int(t0 / stream.time_base), stream=stream, backward=True, any_frame=False)
                 for frame in container.decode(stream):
-                    t = frame.time if frame.time is not None else len(times) / self.fps
-                    times.append(float(t))
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    if frame.time is None and seek:  # no timestamps: only a full decode can count frames
+                        return self._decode(path)
+                    t = float(frame.time) if frame.time is not None else len(times) / self.fps
+                    if t1 is not None and t > t1:
+                        break
+                    if t0 is None or t >= t0:
+                        times.append(t)
+                        frames.append(frame.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as exc:
             raise DatasetError(f"{self._rel(path)}: cannot decode ({exc})") from None
+        if seek and (not times or times[0] > t0 + 1.0 / self.fps + 1e-4):  # the seek overshot: decode from 0
+            return self._decode(path, None, t1)
         if not frames:
             raise DatasetError(f"{self._rel(path)}: no video frames")
         order = np.argsort(times, kind="stable")
@@ -500,7 +512,6 @@ class LeRobotReader:
         """Each episode's arrays ``{key: (T_i, ...)}`` in episode_index order."""
         wanted = [*self.columns, *self.images]
         table_cache: tuple[Path | None, Any] = (None, None)
-        video_cache: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
         for row in self.episode_rows:
             ep, fp = row["episode_index"], self._data_file(row)
             if table_cache[0] != fp:
@@ -521,12 +532,16 @@ class LeRobotReader:
                     ts = table.column("frame_index").to_numpy().astype(np.float64) / self.fps
                 else:
                     ts = np.arange(table.num_rows) / self.fps
+                tol = 0.5 / self.fps + 1e-4
                 for key in self.videos:
                     vp = self._video_file(row, key)
-                    if key not in video_cache or video_cache[key][0] != vp:
-                        video_cache[key] = (vp, *self._decode(vp))
-                    start = float(row[f"videos/{key}/from_timestamp"]) if self.version == "v3.0" else 0.0
-                    frames = self._frames_at(video_cache[key], start + ts, ep)
+                    if self.version == "v3.0":  # many episodes per file: decode this episode's time range only
+                        query = float(row[f"videos/{key}/from_timestamp"]) + ts
+                        frames = self._frames_at(
+                            (vp, *self._decode(vp, query.min() - tol, query.max() + tol)), query, ep
+                        )
+                    else:  # one file per episode
+                        frames = self._frames_at((vp, *self._decode(vp)), ts, ep)
                     if frames.shape[1:] != self.videos[key]:
                         raise DatasetError(
                             f"{self._rel(vp)}: frames of shape {frames.shape[1:]} != meta/info.json "
