@@ -16,6 +16,7 @@ obs, reward, terminated, truncated, info = env.step(expert.act(env, obs))
 | pusht          | immix/PushT-v0          | Box(20,)    | target xy in [0, 512]^2 |
 | reach_around_image | immix/ReachAroundImage-v0 | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
 | push_block_image   | immix/PushBlockImage-v0   | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
+| robosuite_lift     | immix/RobosuiteLift-v0    | {object: (10,), robot0_eef_pos, ...: 19 dims} | OSC delta, grip |
 
 Every task reports ``info["success"]`` (bool) and ``info["score"]`` (float in [0, 1]) on every step; the
 reward equals the score, and an episode terminates on success. See docs/tasks.md.
@@ -38,6 +39,7 @@ TASK_IDS: dict[str, str] = {
     "pusht": "immix/PushT-v0",
     "reach_around_image": "immix/ReachAroundImage-v0",
     "push_block_image": "immix/PushBlockImage-v0",
+    "robosuite_lift": "immix/RobosuiteLift-v0",
 }
 
 # id -> (entry point, max_episode_steps)
@@ -48,6 +50,7 @@ _SPECS: dict[str, tuple[str, int]] = {
     "immix/PushT-v0": ("diffpolicy_immix_envs.pusht:PushTKeypointEnv", 300),
     "immix/ReachAroundImage-v0": ("diffpolicy_immix_envs.reach_around:ReachAroundEnv", 60),
     "immix/PushBlockImage-v0": ("diffpolicy_immix_envs.push_block:PushBlockEnv", 200),
+    "immix/RobosuiteLift-v0": ("diffpolicy_immix_envs.robosuite_tasks:RobosuiteLiftEnv", 100),
 }
 
 # id -> default constructor kwargs (the camera variants of the state tasks)

@@ -200,6 +200,12 @@ class StateObsExpert:
         return self.inner.act(env, obs["state"] if isinstance(obs, dict) else obs)
 
 
+def _robosuite_lift_expert(seed: int = 0, **kwargs: Any) -> Expert:
+    from .robosuite_tasks import LiftExpert
+
+    return LiftExpert(seed=seed, **kwargs)
+
+
 def _state_view(make: Any) -> Any:
     def build(seed: int = 0, **kwargs: Any) -> Expert:
         return StateObsExpert(make(seed=seed, **kwargs))
@@ -214,6 +220,7 @@ EXPERTS: dict[str, Any] = {
     "immix/PushT-v0": _pusht_expert,
     "immix/ReachAroundImage-v0": _state_view(ReachAroundExpert),
     "immix/PushBlockImage-v0": _state_view(_push_block_expert),
+    "immix/RobosuiteLift-v0": _robosuite_lift_expert,
 }
 
 
