@@ -146,3 +146,23 @@ def test_dpi_train_and_dpi_eval_smoke_on_reach_around_image(tmp_path):
     assert [r["step"] for r in evals] == ["3"] and float(evals[0]["eval_episodes"]) == 2
     out = run("dpi-eval", "checkpoint=run/checkpoints/latest.pt", "episodes=2", "n_envs=2")
     assert "success" in out.stdout
+
+    # a policy that sees the camera only (no low-dim keys) is rebuilt from its checkpoint and evaluated
+    run(
+        "dpi-train",
+        "task=reach_around_image",
+        "task.dataset=ri.zarr",
+        "task.obs_keys=[img]",
+        "train=quick",
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.eval_every=2",
+        "task.eval.episodes=2",
+        "task.eval.n_envs=2",
+        "+task.eval.max_steps=10",
+        "policy=mlp",
+        "out_dir=cam_only",
+        "threads=1",
+    )
+    out = run("dpi-eval", "checkpoint=cam_only/checkpoints/latest.pt", "episodes=2", "n_envs=2", "max_steps=10")
+    assert "success" in out.stdout
