@@ -16,6 +16,7 @@ obs, reward, terminated, truncated, info = env.step(expert.act(env, obs))
 | pusht          | immix/PushT-v0          | Box(20,)    | target xy in [0, 512]^2 |
 | reach_around_image | immix/ReachAroundImage-v0 | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
 | push_block_image   | immix/PushBlockImage-v0   | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
+| pusht_image        | immix/PushTImage-v0       | {img: (96, 96, 3) uint8, state: (20,)} | target xy in [0, 512]^2 |
 | robosuite_lift     | immix/RobosuiteLift-v0    | {object: (10,), robot0_eef_pos, ...: 19 dims} | OSC delta, grip |
 
 Every task reports ``info["success"]`` (bool) and ``info["score"]`` (float in [0, 1]) on every step; the
@@ -39,6 +40,7 @@ TASK_IDS: dict[str, str] = {
     "pusht": "immix/PushT-v0",
     "reach_around_image": "immix/ReachAroundImage-v0",
     "push_block_image": "immix/PushBlockImage-v0",
+    "pusht_image": "immix/PushTImage-v0",
     "robosuite_lift": "immix/RobosuiteLift-v0",
 }
 
@@ -50,6 +52,7 @@ _SPECS: dict[str, tuple[str, int]] = {
     "immix/PushT-v0": ("diffpolicy_immix_envs.pusht:PushTKeypointEnv", 300),
     "immix/ReachAroundImage-v0": ("diffpolicy_immix_envs.reach_around:ReachAroundEnv", 60),
     "immix/PushBlockImage-v0": ("diffpolicy_immix_envs.push_block:PushBlockEnv", 200),
+    "immix/PushTImage-v0": ("diffpolicy_immix_envs.pusht:PushTKeypointEnv", 300),
     "immix/RobosuiteLift-v0": ("diffpolicy_immix_envs.robosuite_tasks:RobosuiteLiftEnv", 100),
 }
 
@@ -57,6 +60,7 @@ _SPECS: dict[str, tuple[str, int]] = {
 _KWARGS: dict[str, dict[str, Any]] = {
     "immix/ReachAroundImage-v0": {"obs_mode": "pixels_state"},
     "immix/PushBlockImage-v0": {"obs_mode": "pixels_state"},
+    "immix/PushTImage-v0": {"obs_mode": "pixels_state"},
 }
 
 

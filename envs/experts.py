@@ -220,6 +220,7 @@ EXPERTS: dict[str, Any] = {
     "immix/PushT-v0": _pusht_expert,
     "immix/ReachAroundImage-v0": _state_view(ReachAroundExpert),
     "immix/PushBlockImage-v0": _state_view(_push_block_expert),
+    "immix/PushTImage-v0": _state_view(_pusht_expert),
     "immix/RobosuiteLift-v0": _robosuite_lift_expert,
 }
 

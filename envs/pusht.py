@@ -17,6 +17,13 @@ agent_y, block_x, block_y, block_angle mod 2 pi]`` (Diffusion Policy's ``state``
 ``keypoint`` float32 (9, 2) (Diffusion Policy's ``keypoint`` key).
 Randomization: gym-pusht's (agent uniform integer in [50, 450)^2, block position in [100, 400)^2, angle
 uniform in [-pi, pi)).
+
+``obs_mode="pixels_state"`` (``immix/PushTImage-v0``) makes every observation a dict ``{"img": uint8
+(image_size, image_size, 3), "state": float32 (5,)}`` laid out as Diffusion Policy's PushT image dataset:
+gym-pusht's own pixel observation (its ``obs_type="pixels_agent_pos"``: the 512 x 512 pygame scene resized
+with OpenCV, no action marker) and ``state = [agent_x, agent_y, block_x, block_y, block_angle mod 2 pi]``
+(the ``info["state"]`` above). Diffusion Policy's image task reads ``img`` and ``state[0:2]``, the agent
+position, so its store and this env share ``obs_keys: [img, "state:0:2"]``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .mujoco_base import check_render_args
+from .mujoco_base import OBS_MODES, check_render_args
 
 UNDERLYING_ID = "gym_pusht/PushT-v0"
 SUCCESS_COVERAGE = 0.95
@@ -96,24 +103,50 @@ def _make_underlying(**kwargs: Any) -> gym.Env:
     return gym.make(UNDERLYING_ID, **kwargs).unwrapped
 
 
-class PushTKeypointEnv(gym.Env[np.ndarray, np.ndarray]):
-    """Keypoint observation view of gym-pusht (see module docstring)."""
+class PushTKeypointEnv(gym.Env[Any, np.ndarray]):
+    """Keypoint observation view of gym-pusht (see module docstring).
+
+    ``width``/``height`` size ``render()``'s frames; ``image_size`` the ``img`` of ``obs_mode="pixels_state"``.
+    """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, render_mode: str | None = None, width: int = 96, height: int = 96) -> None:
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        width: int = 96,
+        height: int = 96,
+        obs_mode: str = "state",
+        image_size: int = 96,
+    ) -> None:
         check_render_args(render_mode, width, height, self.metadata["render_modes"])
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode={obs_mode!r} is not supported; use one of {OBS_MODES}")
+        check_render_args(None, image_size, image_size, [])
         self.render_mode = render_mode
+        self.obs_mode = obs_mode
+        self.image_size = image_size
         self.pusht = _make_underlying(
-            obs_type="state",
+            obs_type="state" if obs_mode == "state" else "pixels_agent_pos",  # the image only when observed
             render_mode="rgb_array",
+            observation_width=image_size,
+            observation_height=image_size,
             visualization_width=width,
             visualization_height=height,
         )
         self.action_space = spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)
         # Keypoints stay inside the walled table; the agent is kinematic (it ignores the walls) and its PD
         # controller may overshoot a target on the border, hence the margin.
-        self.observation_space = spaces.Box(-64.0, 576.0, shape=(20,), dtype=np.float32)
+        keypoints = spaces.Box(-64.0, 576.0, shape=(20,), dtype=np.float32)
+        if obs_mode == "state":
+            self.observation_space = keypoints
+        else:  # Diffusion Policy's image-dataset keys; the angle lies in [0, 2 pi)
+            pose = spaces.Box(
+                np.array([-64.0, -64.0, -64.0, -64.0, 0.0], dtype=np.float32),
+                np.array([576.0, 576.0, 576.0, 576.0, 2 * np.pi], dtype=np.float32),
+            )
+            image = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+            self.observation_space = spaces.Dict({"img": image, "state": pose})
 
     @property
     def block_pose(self) -> np.ndarray:
@@ -127,19 +160,19 @@ class PushTKeypointEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    ) -> tuple[np.ndarray | dict[str, np.ndarray], dict[str, Any]]:
         """Options (optional): ``reset_to_state`` = [agent_x, agent_y, block_x, block_y, angle] (gym-pusht's)."""
         super().reset(seed=seed)
         inner_seed = None if seed is None else int(self.np_random.integers(2**31))
-        self.pusht.reset(seed=inner_seed, options=options or None)
+        inner_obs, _ = self.pusht.reset(seed=inner_seed, options=options or None)
         info = self._info(self.pusht._get_coverage())
-        return self._obs(info["keypoint"]), info
+        return self._obs(info, inner_obs), info
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[np.ndarray | dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(2), 0.0, 512.0)
-        _, _, _, _, inner_info = self.pusht.step(action)
+        inner_obs, _, _, _, inner_info = self.pusht.step(action)
         info = self._info(float(inner_info["coverage"]))
-        return self._obs(info["keypoint"]), info["score"], info["success"], False, info
+        return self._obs(info, inner_obs), info["score"], info["success"], False, info
 
     def render(self) -> np.ndarray | None:
         """RGB frame from gym-pusht (with the last action marked), ``ndarray uint8, shape (height, width, 3)``."""
@@ -152,8 +185,15 @@ class PushTKeypointEnv(gym.Env[np.ndarray, np.ndarray]):
         self.pusht.close()
         super().close()
 
-    def _obs(self, keypoints: np.ndarray) -> np.ndarray:
-        return np.concatenate([keypoints.reshape(-1), self.agent_pos]).astype(np.float32)
+    def _obs(self, info: dict[str, Any], inner_obs: Any) -> np.ndarray | dict[str, np.ndarray]:
+        """The observation of ``obs_mode``: keypoints and agent (20,), or ``{"img": (S, S, 3) uint8, "state":
+        (5,)}`` with the image gym-pusht observed (``inner_obs["pixels"]``) and Diffusion Policy's state."""
+        if self.obs_mode == "state":
+            return np.concatenate([info["keypoint"].reshape(-1), self.agent_pos]).astype(np.float32)
+        return {
+            "img": np.ascontiguousarray(inner_obs["pixels"], dtype=np.uint8),
+            "state": np.asarray(info["state"], dtype=np.float32),
+        }
 
     def _info(self, coverage: float) -> dict[str, Any]:
         pose = self.block_pose

@@ -50,6 +50,7 @@ def test_ids_registered_and_idempotent():
         "pusht",
         "reach_around_image",
         "push_block_image",
+        "pusht_image",
         "robosuite_lift",
     }
     E.register_envs()  # a second registration must not raise or duplicate

@@ -180,7 +180,7 @@ def _run_episode(
         obs, reward, terminated, truncated, info = env.step(action if perturb is None else perturb(action))
         if first:  # warn once about keys that only step() reports
             first = False
-            late = [k for k in info_keys if k not in stored and np.ndim(info.get(k)) >= 1]
+            late = [k for k in info_keys if k not in stored and k not in obs_names and np.ndim(info.get(k)) >= 1]
             if late:
                 warnings.warn(f"{env_id}: info keys {late} come from step() but not reset(); not stored", stacklevel=3)
         success = success or bool(info.get("success", False))
