@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one command (about 8 minutes on one recent GPU):
+# Everything that needs a CUDA GPU, in one command (every step time-limited: at most 21 minutes in all):
 #   bash scripts/gpu_check.sh [OUT_DIR]        (default OUT_DIR: runs/gpu_check)
 #
 #  1. the CUDA-marked tests
 #  2. assigner, policy and image benchmarks with --device cuda
 #  3. AMP (bf16) and torch.compile training smoke runs of the default policy
 #  4. a short paper-size PushT run (UNet 256/512/1024, batch 256, lr 1e-4, DDPM 100, Diffusion Policy's recipe)
+#  5. a short paper-size PushT image run (the same UNet with ResNet-18-GN on 96x96 images, 76x76 crops, batch 64)
 #
 # Each step writes its output to OUT_DIR/<step>.txt and its status to OUT_DIR/summary.txt; a failing
 # step does not stop the others. Set-up is scripts/setup.sh (it installs what the tests need).
@@ -53,6 +54,14 @@ step pusht_paper 150 dpi-train task=pusht task.dataset="$DATA/pusht.zarr" policy
   objective.num_inference_steps=100 objective.sampler=ddpm train.batch_size=256 train.lr=1.0e-4 \
   train.warmup_steps=500 train.steps=2000 train.eval_every=500 task.eval.episodes=20 train.device=cuda \
   out_dir="$OUT/pusht_paper"
+
+# Diffusion Policy's image recipe on pusht_image: ResNet-18 (GroupNorm) + spatial softmax, paper-size UNet.
+step collect_pusht_image 180 dpi-collect task=pusht_image episodes=20 seed=0 workers=4 out="$DATA/pusht_image.zarr"
+step pusht_image_paper 150 dpi-train task=pusht_image task.dataset="$DATA/pusht_image.zarr" policy=unet_image \
+  policy.down_dims=[256,512,1024] policy.obs_encoder=resnet18_gn policy.vision.crop_size=76 objective=ddpm \
+  objective.num_inference_steps=100 objective.sampler=ddpm train.batch_size=64 train.lr=1.0e-4 \
+  train.warmup_steps=500 train.steps=1000 train.eval_every=500 task.eval.episodes=10 train.device=cuda \
+  out_dir="$OUT/pusht_image_paper"
 
 echo "outputs under $OUT; summary:"
 cat "$OUT/summary.txt"
