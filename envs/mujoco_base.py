@@ -36,6 +36,16 @@ def check_render_args(render_mode: str | None, width: int, height: int, modes: l
             raise ValueError(f"{field}={value!r} must be an int in [1, 1024]")
 
 
+def check_view_args(
+    render_mode: str | None, width: int, height: int, modes: list[str], obs_mode: str, image_size: int
+) -> None:
+    """Validate the rendering and observation arguments of a task with a camera variant (one-line ValueError)."""
+    check_render_args(render_mode, width, height, modes)
+    if obs_mode not in OBS_MODES:
+        raise ValueError(f"obs_mode={obs_mode!r} is not supported; use one of {OBS_MODES}")
+    check_render_args(None, image_size, image_size, [])
+
+
 class MujocoTaskEnv(gym.Env[np.ndarray, np.ndarray]):
     """Base class: owns ``model``/``data``, steps ``frame_skip`` physics steps per action, renders lazily.
 
@@ -65,10 +75,7 @@ class MujocoTaskEnv(gym.Env[np.ndarray, np.ndarray]):
         obs_mode: str = "state",
         image_size: int = 96,
     ) -> None:
-        check_render_args(render_mode, width, height, self.metadata["render_modes"])
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode={obs_mode!r} is not supported; use one of {OBS_MODES}")
-        check_render_args(None, image_size, image_size, [])
+        check_view_args(render_mode, width, height, self.metadata["render_modes"], obs_mode, image_size)
         self.obs_mode = obs_mode
         self.image_size = image_size
         self.render_mode = render_mode

@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .mujoco_base import OBS_MODES, check_render_args
+from .mujoco_base import check_view_args
 
 UNDERLYING_ID = "gym_pusht/PushT-v0"
 SUCCESS_COVERAGE = 0.95
@@ -119,10 +119,7 @@ class PushTKeypointEnv(gym.Env[Any, np.ndarray]):
         obs_mode: str = "state",
         image_size: int = 96,
     ) -> None:
-        check_render_args(render_mode, width, height, self.metadata["render_modes"])
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode={obs_mode!r} is not supported; use one of {OBS_MODES}")
-        check_render_args(None, image_size, image_size, [])
+        check_view_args(render_mode, width, height, self.metadata["render_modes"], obs_mode, image_size)
         self.render_mode = render_mode
         self.obs_mode = obs_mode
         self.image_size = image_size

@@ -324,20 +324,17 @@ def test_parallel_collection_writes_the_same_store(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_parallel_collection_needs_the_builtin_expert(tmp_path: Path) -> None:
-    for bad in (0, 1.5, True):
-        with pytest.raises(UserError, match="workers"):
-            collect_demonstrations(
-                "fake",
-                tmp_path / "x.zarr",
-                episodes=1,
-                env_fn=FakeReachEnv,
-                expert=FakeExpert(),
-                max_steps=5,
-                workers=bad,
-                progress=False,
-            )
-    with pytest.raises(UserError, match="built-in env and expert"):
+@pytest.mark.parametrize(
+    ("workers", "message"),
+    [
+        (0, "workers=0 must be"),
+        (1.5, "workers=1.5 must be"),
+        (True, "workers=True must be"),
+        (2, "built-in env and expert"),
+    ],
+)
+def test_parallel_collection_needs_the_builtin_expert(tmp_path: Path, workers, message: str) -> None:
+    with pytest.raises(UserError, match=message):
         collect_demonstrations(
             "fake",
             tmp_path / "x.zarr",
@@ -345,6 +342,6 @@ def test_parallel_collection_needs_the_builtin_expert(tmp_path: Path) -> None:
             env_fn=FakeReachEnv,
             expert=FakeExpert(),
             max_steps=5,
-            workers=2,
+            workers=workers,
             progress=False,
         )
