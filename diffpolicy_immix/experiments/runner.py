@@ -56,6 +56,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def progress_bar(spec: ExperimentSpec, total: int, done: int, desc: str, unit: str) -> tqdm:
+    """The experiment's bar over its units of work (runs, evaluations), starting at ``done`` of ``total``."""
+    return tqdm(total=total, initial=done, desc=desc, unit=unit, disable=spec.progress == "quiet", dynamic_ncols=True)
+
+
 def cpu_cores() -> int:
     """CPU cores this process may use."""
     try:
@@ -386,14 +391,7 @@ def run_sweep(
     if prepare_data if prepare_data is not None else run_fn is None:
         _prepare_data(pending)
     threads = spec.threads or max(1, cpu_cores() // spec.parallel)
-    bar = tqdm(
-        total=len(plans),
-        initial=len(outcomes),
-        desc=f"{spec.name} runs",
-        unit="run",
-        disable=spec.progress == "quiet",
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(spec, len(plans), len(outcomes), f"{spec.name} runs", "run")
 
     def record(outcome: RunOutcome) -> None:
         outcomes.append(outcome)

@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .aggregate import Estimate, best_setting, diff_ci, mean_ci
 from .records import RunRecord, load_run, write_json_atomic
-from .runner import RunPlan, cpu_cores, run_in_processes
+from .runner import RunPlan, cpu_cores, progress_bar, run_in_processes
 from .spec import ExperimentSpec, SplitSpec, setting_slug
 
 __all__ = [
@@ -410,14 +409,7 @@ def _run_jobs(
     outcomes = [SweepOutcome(j, "skipped") for j, done in zip(jobs, stored) if done]
     pending = [j for j, done in zip(jobs, stored) if not done]
     threads = spec.threads or max(1, cpu_cores() // spec.parallel)
-    bar = tqdm(
-        total=len(jobs),
-        initial=len(outcomes),
-        desc=f"{spec.name} sampling sweep, {stage}",
-        unit="eval",
-        disable=spec.progress == "quiet",
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(spec, len(jobs), len(outcomes), f"{spec.name} sampling sweep, {stage}", "eval")
 
     def record(job: SweepJob, outcome: SweepOutcome | BaseException) -> None:
         if isinstance(outcome, BaseException):  # the worker process died
