@@ -3,6 +3,7 @@
     python scripts/bench_policy.py                 # CPU (and CUDA when present), a few minutes on 2 cores
     python scripts/bench_policy.py --quick         # fewer repetitions
     python scripts/bench_policy.py --device cuda   # one device only
+    python scripts/bench_policy.py --sections 4    # only float32 vs bf16 vs torch.compile on CPU
 
 Reports (shapes of Diffusion Policy's PushT low-dim task: obs 2 x 20, action 16 x 2, batch 256):
 
@@ -12,7 +13,10 @@ Reports (shapes of Diffusion Policy's PushT low-dim task: obs 2 x 20, action 16 
    steps, and for each task's default recipe (its denoiser and sampler), against the 20 ms target on CPU;
 3. the overhead of each noise assigner (none, lsa, knn k=2, knn k=16), two ways: the training step timed
    with each assigner side by side (interleaved rounds, ratio to ``none``), and the assigner call alone
-   as a fraction of the ``none`` training step (target for knn: < 2%).
+   as a fraction of the ``none`` training step (target for knn: < 2%);
+4. on CPU, the default low-dim recipe's training step (policy=mlp, sample prediction) in float32, under
+   bf16 autocast (``train.amp=bf16``), compiled (``train.compile=true``) and both, side by side, with the
+   ratio to float32 (``--no-compile`` skips the compiled variants, which need a C++ compiler).
 
 All timings are steady-state medians after warm-up.
 """
@@ -20,6 +24,7 @@ All timings are steady-state medians after warm-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import platform
@@ -64,6 +69,17 @@ def task_recipe(task: str) -> tuple[dict, dict]:
     return {**shape, **cfg["policy"]}, dataclasses.asdict(objective.cfg)
 
 
+def cpu_bf16_units() -> str:
+    """Which of the CPU flags that make bf16 matmuls fast are present ("none": bf16 is emulated, slow)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return ", ".join(found) or "none"
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -74,7 +90,7 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         f"machine: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
-        f"load average {load:.1f}",
+        f"load average {load:.1f}, bfloat16 matrix units (avx512_bf16 / amx_bf16): {cpu_bf16_units()}",
         f"python {platform.python_version()}, torch {torch.__version__}",
     ]
     if torch.cuda.is_available():
@@ -114,17 +130,35 @@ def make_batch(batch: int, device: torch.device, horizon: int = HORIZON) -> dict
 
 
 class StepRunner:
-    """One policy + optimizer + batch; ``step()`` runs compute_loss + backward + AdamW."""
+    """One policy + optimizer + batch; ``step()`` runs compute_loss + backward + AdamW, as the trainer does
+    (under autocast when ``amp`` is ``"bf16"``, through ``torch.compile`` when ``compile``)."""
 
-    def __init__(self, policy: dict, assigner: str, batch: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        policy: dict,
+        assigner: str,
+        batch: int,
+        device: torch.device,
+        objective: dict | None = None,
+        amp: str = "none",
+        compile: bool = False,
+    ) -> None:
         self.device = device
-        self.policy = build_policy(policy, device, assigner)
+        self.policy = build_policy(policy, device, assigner, objective)
+        self.forward = torch.compile(self.policy) if compile else self.policy
+        self.amp = amp
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=1e-4, weight_decay=1e-6)
         self.batch = make_batch(batch, device, self.policy.cfg.horizon)
         self.gen = torch.Generator(device=device).manual_seed(0)
 
     def step(self) -> None:
-        loss, _ = self.policy.compute_loss(self.batch, generator=self.gen)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            if self.amp == "bf16"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            loss, _ = self.forward(self.batch, generator=self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -260,13 +294,46 @@ def bench_assigners(device: torch.device, batch: int, rounds: int, warmup: int) 
     print(f"  knn assign / step (worst of k=2, 16): {knn:.2%} (target < 2%: {'met' if knn < 0.02 else 'NOT met'})")
 
 
+def bench_cpu_modes(batch: int, rounds: int, use_compile: bool) -> None:
+    device = torch.device("cpu")
+    policy_cfg, objective_cfg = task_recipe("pusht")
+    modes = {"float32": ("none", False), "bf16 autocast": ("bf16", False)}
+    if use_compile:
+        modes |= {"compile": ("none", True), "compile + bf16": ("bf16", True)}
+    print(
+        f"\n[4] the pusht recipe's training step on cpu (policy={policy_cfg['denoiser']}, batch {batch}): "
+        "float32 vs bf16 autocast vs torch.compile, side by side"
+    )
+    runners = {
+        name: StepRunner(policy_cfg, "none", batch, device, objective_cfg, amp, comp)
+        for name, (amp, comp) in modes.items()
+    }
+    for runner in runners.values():
+        for _ in range(3):  # the compiled variants compile here
+            runner.step()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):  # interleaved so that load changes hit every variant alike
+        for name, runner in runners.items():
+            times[name].append(timed(runner.step, device))
+    base = statistics.median(times["float32"])
+    for name in runners:
+        t = statistics.median(times[name])
+        print(f"  {name:15s} step {t * 1e3:7.2f} ms, {batch / t:9.1f} samples/s, {base / t:5.2f}x float32")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if present)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants of [4]")
+    parser.add_argument("--sections", default="1,2,3,4", help="which sections to run, e.g. 4 (default: all)")
     args = parser.parse_args()
+    try:
+        sections = {int(part) for part in args.sections.split(",")}
+    except ValueError:
+        parser.error(f"--sections {args.sections!r} is invalid; give section numbers such as 1,2 or 4")
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -277,11 +344,16 @@ def main() -> None:
         rounds = {"default": 5 if args.quick else 15, "unet_paper": 2 if cpu else 10}
         if not cpu and not args.quick:
             rounds = {"default": 50, "unet_paper": 30}
-        bench_throughput(device, args.batch, rounds, warmup=1 if cpu else 5)
-        bench_latency(device, reps=20 if args.quick else 50)
-        if cpu:
-            bench_unet_profile(device)
-        bench_assigners(device, args.batch, rounds=5 if args.quick else 15, warmup=2 if cpu else 5)
+        if 1 in sections:
+            bench_throughput(device, args.batch, rounds, warmup=1 if cpu else 5)
+        if 2 in sections:
+            bench_latency(device, reps=20 if args.quick else 50)
+            if cpu:
+                bench_unet_profile(device)
+        if 3 in sections:
+            bench_assigners(device, args.batch, rounds=5 if args.quick else 15, warmup=2 if cpu else 5)
+        if 4 in sections and cpu:
+            bench_cpu_modes(args.batch, rounds=20 if args.quick else 60, use_compile=not args.no_compile)
 
 
 if __name__ == "__main__":

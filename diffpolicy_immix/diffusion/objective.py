@@ -20,6 +20,7 @@ T = ``num_train_timesteps`` (flow time is scaled by T), so one time embedding se
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,11 @@ class ObjectiveConfig:
         self.stats_alpha_bars = tuple(float(a) for a in self.stats_alpha_bars)
 
 
+def _full_precision(x: Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Autocast off: under ``train.amp`` the assigners' distances and matchings stay in full precision."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 class DiffusionObjective(nn.Module):
     """Training loss and sampling for one diffusion family, with noise from an assigner.
 
@@ -133,7 +139,8 @@ class DiffusionObjective(nn.Module):
         Returns:
             Tensor, shape (B, *dims).
         """
-        return self.assigner(x0, generator=generator)
+        with _full_precision(x0):
+            return self.assigner(x0, generator=generator)
 
     def loss(
         self,
@@ -230,7 +237,8 @@ class DiffusionObjective(nn.Module):
         inside = ((fraction >= lo) & (fraction < hi)).nonzero().squeeze(1)  # (B_in,)
         collective = getattr(self.assigner, "requires_all_ranks", lambda: False)()
         if inside.numel() > 0 or collective:  # a collective assigner is called on every rank, even empty
-            noise[inside] = self.assigner(x0[inside], generator=generator).to(noise.dtype)
+            with _full_precision(x0):
+                noise[inside] = self.assigner(x0[inside], generator=generator).to(noise.dtype)
         return noise
 
     def _alpha_bar(self, t_index: Tensor, like: Tensor) -> Tensor:

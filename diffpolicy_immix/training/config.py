@@ -116,9 +116,10 @@ class TrainConfig:
     device: str = "auto"
     """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``."""
     amp: str = "none"
-    """Autocast precision on CUDA: ``"none"``, ``"bf16"`` or ``"fp16"`` (with a gradient scaler)."""
+    """Autocast precision: ``"none"``, ``"bf16"`` (CUDA or CPU) or ``"fp16"`` (CUDA only, with a gradient
+    scaler). Parameters, optimizer state and EMA stay float32; only the forward/backward math is cast."""
     compile: bool = False
-    """Wrap the model in ``torch.compile`` (CUDA only)."""
+    """Wrap the model in ``torch.compile`` for training (CUDA or CPU; on CPU it needs a C++ compiler)."""
     num_workers: int = 0
     """DataLoader workers for datasets without ``get_batch`` (0 keeps resume exact; see docs/training.md)."""
     diag_every: int = 0
@@ -154,10 +155,8 @@ class TrainConfig:
         _require_choice("train", "amp", self.amp, AMP_MODES)
         if not isinstance(self.compile, bool):
             raise ValueError(f"train.compile={self.compile!r} is invalid; it must be true or false")
-        if self.device == "cpu" and self.amp != "none":
-            raise ValueError(f"train.amp={self.amp!r} needs CUDA but train.device='cpu'; set amp: none")
-        if self.device == "cpu" and self.compile:
-            raise ValueError("train.compile=True needs CUDA but train.device='cpu'; set compile: false")
+        if self.device == "cpu" and self.amp == "fp16":
+            raise ValueError("train.amp='fp16' needs CUDA but train.device='cpu'; use amp: bf16 or none")
         _require_int("train", "num_workers", self.num_workers, 0)
         _require_int("train", "diag_every", self.diag_every, 0)
 

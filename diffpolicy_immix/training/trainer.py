@@ -331,12 +331,9 @@ class Trainer:
 
     def _accelerator_options(self) -> tuple[str, bool]:
         amp, use_compile = self.cfg.amp, self.cfg.compile
-        if self.device.type != "cuda" and (amp != "none" or use_compile):
-            warnings.warn(
-                f"train.amp={amp!r} / train.compile={use_compile} need CUDA; running on {self.device} without them",
-                stacklevel=3,
-            )
-            return "none", False
+        if self.device.type != "cuda" and amp == "fp16":
+            warnings.warn(f"train.amp='fp16' needs CUDA; running on {self.device} in float32", stacklevel=3)
+            amp = "none"
         return amp, use_compile
 
     def _lr_lambda(self) -> Callable[[int], float]:
