@@ -16,7 +16,7 @@ obs, reward, terminated, truncated, info = env.step(expert.act(env, obs))
 | pusht          | immix/PushT-v0          | Box(20,)    | target xy in [0, 512]^2 |
 | reach_around_image | immix/ReachAroundImage-v0 | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
 | push_block_image   | immix/PushBlockImage-v0   | {img: (96, 96, 3) uint8, state: (6,)} | target xy, m |
-| pusht_image        | immix/PushTImage-v0       | {img: (96, 96, 3) uint8, state: (20,)} | target xy in [0, 512]^2 |
+| pusht_image        | immix/PushTImage-v0       | {img: (96, 96, 3) uint8, state: (5,)}  | target xy in [0, 512]^2 |
 | robosuite_lift     | immix/RobosuiteLift-v0    | {object: (10,), robot0_eef_pos, ...: 19 dims} | OSC delta, grip |
 
 Every task reports ``info["success"]`` (bool) and ``info["score"]`` (float in [0, 1]) on every step; the
