@@ -111,6 +111,7 @@ def _collect(cfg: Any) -> None:
         keep_failed=plain["keep_failed"],
         dart_noise=plain["dart_noise"] if plain.get("dart_noise") is not None else task["demos"].get("dart_noise", 0.0),
         workers=plain["workers"] if plain.get("workers") is not None else task["demos"].get("workers", 1),
+        hold_steps=plain["hold_steps"] if plain.get("hold_steps") is not None else task["demos"].get("hold_steps", 0),
     )
     print(
         f"{task['name']}: expert success {summary['episodes_succeeded']}/{summary['episodes_attempted']} "
@@ -121,7 +122,8 @@ def _collect(cfg: Any) -> None:
 
 
 def collect() -> None:
-    """``dpi-collect task=<name> episodes=N seed=S [out=PATH] [keep_failed=true] [dart_noise=0.05] [workers=4]``."""
+    """``dpi-collect task=<name> episodes=N seed=S [out=PATH] [keep_failed=true] [dart_noise=0.05] [workers=4]
+    [hold_steps=20]``."""
     run_hydra("dpi_collect", _collect)
 
 

@@ -309,17 +309,30 @@ def test_dart_noise_is_reproducible_and_checked(tmp_path: Path) -> None:
 
 
 def test_parallel_collection_writes_the_same_store(tmp_path: Path) -> None:
-    """Episode i's env seed, expert seed and DART noise depend on i only, so 2 workers write what 1 does."""
+    """Episode i's env seed, expert seed and DART noise depend on i only, so 2 workers write what 1 does
+    (hold_steps reaches the workers too)."""
     pytest.importorskip("diffpolicy_immix_envs")
     arrays = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}.zarr"
         stats = collect_demonstrations(
-            "reach_around", out, episodes=4, seed=7, keep_failed=True, dart_noise=0.05, workers=workers, progress=False
+            "reach_around",
+            out,
+            episodes=4,
+            seed=7,
+            keep_failed=True,
+            dart_noise=0.05,
+            workers=workers,
+            hold_steps=3,
+            progress=False,
         )
         assert stats["episodes_attempted"] == 4
         with ReplayBuffer.open(out) as buf:
             arrays.append((buf["obs"][:], buf["action"][:], buf.episode_ends[:], buf.attrs["episode_seeds"]))
+    single = collect_demonstrations(
+        "reach_around", tmp_path / "plain.zarr", episodes=4, seed=7, keep_failed=True, dart_noise=0.05, progress=False
+    )
+    assert stats["steps"] > single["steps"]  # the held steps were recorded by the workers
     for a, b in zip(*arrays):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -343,5 +356,65 @@ def test_parallel_collection_needs_the_builtin_expert(tmp_path: Path, workers, m
             expert=FakeExpert(),
             max_steps=5,
             workers=workers,
+            progress=False,
+        )
+
+
+class FallingOffEnv(FakeReachEnv):
+    """Terminates without success (the point "falls off") on its 3rd step after first reaching the target."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.since_success: int | None = None
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if info["success"] or self.since_success is not None:
+            self.since_success = 0 if self.since_success is None else self.since_success + 1
+        if self.since_success == 3:
+            info = {**info, "success": False}
+            return obs, reward, True, truncated, info
+        return obs, reward, terminated, truncated, info
+
+
+def _collect_lengths(tmp_path: Path, name: str, env_fn, **kwargs) -> tuple[np.ndarray, dict]:
+    out = tmp_path / f"{name}.zarr"
+    collect_demonstrations(
+        "fake", out, episodes=6, seed=3, env_fn=env_fn, expert=FakeExpert(), progress=False, **kwargs
+    )
+    with ReplayBuffer.open(out) as buf:
+        return buf.episode_lengths.copy(), {**buf.attrs, "obs": buf["obs"][:]}
+
+
+def test_hold_steps_records_that_many_steps_past_the_first_success(tmp_path: Path) -> None:
+    plain, attrs0 = _collect_lengths(tmp_path, "plain", FakeReachEnv, max_steps=40)
+    held, attrs = _collect_lengths(tmp_path, "held", FakeReachEnv, max_steps=40, hold_steps=5)
+    assert attrs0["hold_steps"] == 0 and attrs["hold_steps"] == 5
+    assert len(plain) == len(held) >= 2  # the same successful episodes are kept
+    np.testing.assert_array_equal(held, plain + 5)  # success terminates the fake env; 5 more steps each
+    # the held steps sit at the target: the expert keeps the task solved
+    ends = np.cumsum(held)
+    for end in ends:
+        last = attrs["obs"][end - 5 : end]
+        assert np.all(np.linalg.norm(last[:, :2] - last[:, 2:], axis=1) < 0.05)
+    # the step limit still bounds an episode
+    capped, _ = _collect_lengths(tmp_path, "capped", FakeReachEnv, max_steps=40, hold_steps=100)
+    assert capped.max() <= 40 and np.all(capped > plain)
+    # a termination without success ends the hold early: 3 steps after success here, not 5
+    fell, _ = _collect_lengths(tmp_path, "fell", FallingOffEnv, max_steps=40, hold_steps=5)
+    np.testing.assert_array_equal(fell, plain + 3)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "x", True])
+def test_hold_steps_must_be_a_non_negative_integer(tmp_path: Path, bad) -> None:
+    with pytest.raises(UserError, match="hold_steps"):
+        collect_demonstrations(
+            "fake",
+            tmp_path / "bad.zarr",
+            episodes=1,
+            max_steps=40,
+            env_fn=FakeReachEnv,
+            expert=FakeExpert(),
+            hold_steps=bad,
             progress=False,
         )

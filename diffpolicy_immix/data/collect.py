@@ -20,6 +20,12 @@ then sees how the expert recovers from states just off its own path. The noise's
 ``dart_noise`` times the half-range of each action dimension (absolute units for an unbounded action
 space); the perturbed action is clipped to the action space.
 
+With ``hold_steps > 0`` an episode goes on for that many steps after its first successful step, with the
+expert still acting (it keeps the task solved), instead of ending there. Demonstrations that end at the
+success step never show what to do once the goal is reached; a policy trained on them tends to push on
+through it. During those steps the env's ``terminated`` is ignored while ``info["success"]`` holds; a
+termination without success, or a truncation, still ends the episode.
+
 An episode succeeds if any step's ``info["success"]`` is true; its score is the maximum
 ``info["score"]`` (the reward when absent). By default only successful episodes are stored (the
 attributes record how many were attempted). The store is written atomically: nothing appears at
@@ -149,9 +155,11 @@ def _run_episode(
     info_keys: Sequence[str],
     state: dict,
     perturb: _Perturbation | None = None,
+    hold_steps: int = 0,
 ) -> tuple[dict[str, np.ndarray], bool, float]:
     """One expert episode: (arrays (T, ...) of obs, action and stored info keys, success, max score).
-    With ``perturb`` the env executes ``perturb(action)`` while the clean action is recorded.
+    With ``perturb`` the env executes ``perturb(action)`` while the clean action is recorded; with
+    ``hold_steps`` the episode records that many steps past its first success (module docstring).
 
     ``state["stored_info"]`` (the info keys stored, decided on the first episode) is filled here.
     """
@@ -165,6 +173,7 @@ def _run_episode(
     stored: list[str] = state["stored_info"]
     rows: dict[str, list[np.ndarray]] = {**{k: [] for k in obs_names}, "action": [], **{k: [] for k in stored}}
     success, score = False, -np.inf
+    held: int | None = None  # steps recorded since the first success (hold_steps > 0 only)
     for _ in range(limit):
         action = expert.act(env, obs)
         if isinstance(obs, Mapping):  # images stay uint8 (H, W, C); vectors as they come (float64 cast below)
@@ -185,6 +194,11 @@ def _run_episode(
                 warnings.warn(f"{env_id}: info keys {late} come from step() but not reset(); not stored", stacklevel=3)
         success = success or bool(info.get("success", False))
         score = max(score, float(info.get("score", reward)))
+        if hold_steps > 0 and success:
+            held = 0 if held is None else held + 1
+            if held >= hold_steps or truncated or (terminated and not info.get("success", False)):
+                break
+            continue
         if terminated or truncated:
             break
     episode = {k: np.stack(v) for k, v in rows.items()}
@@ -203,12 +217,14 @@ def _worker_init(env_id: str) -> None:
     _WORKER.update(pkg=pkg, env=_make_env(env_id, lambda: pkg.make_env(env_id)), state={})
 
 
-def _worker_episode(job: tuple[str, int, int, int, tuple[str, ...], float]) -> tuple[Any, ...]:
-    env_id, index, ep_seed, limit, info_keys, dart_noise = job
+def _worker_episode(job: tuple[str, int, int, int, tuple[str, ...], float, int]) -> tuple[Any, ...]:
+    env_id, index, ep_seed, limit, info_keys, dart_noise, hold_steps = job
     env, state = _WORKER["env"], _WORKER["state"]
     perturb = _Perturbation(env.action_space, dart_noise, ep_seed) if dart_noise > 0 else None
     expert = _WORKER["pkg"].make_expert(env_id, seed=ep_seed)
-    episode, success, score = _run_episode(env, expert, env_id, index, ep_seed, limit, info_keys, state, perturb)
+    episode, success, score = _run_episode(
+        env, expert, env_id, index, ep_seed, limit, info_keys, state, perturb, hold_steps
+    )
     return episode, success, score, state["stored_info"]
 
 
@@ -223,14 +239,16 @@ def _episodes(
     state: dict,
     dart_noise: float,
     workers: int,
+    hold_steps: int,
 ) -> Iterator[tuple[dict[str, np.ndarray], bool, float]]:
     """The episodes in index order: run here one by one, or by ``workers`` spawned processes."""
     if workers <= 1:
         for i in range(episodes):
             perturb = _Perturbation(env.action_space, dart_noise, seed + i) if dart_noise > 0 else None
-            yield _run_episode(env, make_expert(seed + i), env_id, i, seed + i, limit, info_keys, state, perturb)
+            expert = make_expert(seed + i)
+            yield _run_episode(env, expert, env_id, i, seed + i, limit, info_keys, state, perturb, hold_steps)
         return
-    jobs = [(env_id, i, seed + i, limit, tuple(info_keys), dart_noise) for i in range(episodes)]
+    jobs = [(env_id, i, seed + i, limit, tuple(info_keys), dart_noise, hold_steps) for i in range(episodes)]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(env_id,)) as pool:
         for episode, success, score, stored in pool.map(_worker_episode, jobs):
@@ -261,6 +279,7 @@ def collect_demonstrations(
     progress: bool = True,
     dart_noise: float = 0.0,
     workers: int = 1,
+    hold_steps: int = 0,
 ) -> dict[str, Any]:
     """Roll out the scripted expert of ``env_id`` and write its episodes to ``out_path``.
 
@@ -286,6 +305,8 @@ def collect_demonstrations(
             noise comes from a generator seeded with ``seed + i``.
         workers: processes that run episodes in parallel (spawned; each holds one env); the store is the
             same for any number. More than 1 needs the built-in env and expert (no ``env_fn``/``expert``).
+        hold_steps: steps recorded after an episode's first success, the expert still acting (module
+            docstring); 0 ends the episode where the env does.
 
     Returns:
         ``{"path", "episodes_attempted", "episodes_succeeded", "episodes_kept", "success_rate",
@@ -304,6 +325,8 @@ def collect_demonstrations(
         raise UserError(f"dart_noise={dart_noise!r} must be a number in [0, 1] (a fraction of the action half-range)")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers={workers!r} must be an integer >= 1")
+    if isinstance(hold_steps, bool) or not isinstance(hold_steps, int) or hold_steps < 0:
+        raise UserError(f"hold_steps={hold_steps!r} must be an integer >= 0 (steps recorded after success)")
     if workers > 1 and (env_fn is not None or expert is not None):
         raise UserError(
             f"workers={workers} needs the task's built-in env and expert; pass env_fn/expert with workers=1"
@@ -325,6 +348,7 @@ def collect_demonstrations(
             "max_steps": int(limit),
             "keep_failed": bool(keep_failed),
             "dart_noise": float(dart_noise),
+            "hold_steps": int(hold_steps),
         }
         tally, state, shapes = _Tally(), {}, {}
         spaces = getattr(getattr(env, "observation_space", None), "spaces", None)
@@ -339,7 +363,17 @@ def collect_demonstrations(
         with ReplayBuffer.create_writer(out_path, attrs, chunk_steps=chunk_steps, overwrite=overwrite) as writer:
             bar = tqdm(
                 _episodes(
-                    env, make_expert, env_id, episodes, seed, limit, info_keys, state, float(dart_noise), workers
+                    env,
+                    make_expert,
+                    env_id,
+                    episodes,
+                    seed,
+                    limit,
+                    info_keys,
+                    state,
+                    float(dart_noise),
+                    workers,
+                    hold_steps,
                 ),
                 total=episodes,
                 desc=f"collect {env_id}" + (f" ({workers} workers)" if workers > 1 else ""),
