@@ -145,24 +145,31 @@ class _Perturbation:
         return np.clip(noisy, self.low, self.high).astype(np.asarray(action).dtype)
 
 
+@dataclass(frozen=True)
+class _EpisodeRules:
+    """What every episode of one collection shares; picklable, so it travels to the worker processes."""
+
+    env_id: str
+    limit: int  # step limit per episode
+    info_keys: tuple[str, ...]
+    dart_noise: float = 0.0
+    hold_steps: int = 0
+
+    def perturbation(self, space: Any, ep_seed: int) -> _Perturbation | None:
+        return _Perturbation(space, self.dart_noise, ep_seed) if self.dart_noise > 0 else None
+
+
 def _run_episode(
-    env: Any,
-    expert: Any,
-    env_id: str,
-    index: int,
-    ep_seed: int,
-    limit: int,
-    info_keys: Sequence[str],
-    state: dict,
-    perturb: _Perturbation | None = None,
-    hold_steps: int = 0,
+    env: Any, expert: Any, rules: _EpisodeRules, index: int, ep_seed: int, state: dict
 ) -> tuple[dict[str, np.ndarray], bool, float]:
     """One expert episode: (arrays (T, ...) of obs, action and stored info keys, success, max score).
-    With ``perturb`` the env executes ``perturb(action)`` while the clean action is recorded; with
+    With DART noise the env executes the perturbed action while the clean action is recorded; with
     ``hold_steps`` the episode records that many steps past its first success (module docstring).
 
     ``state["stored_info"]`` (the info keys stored, decided on the first episode) is filled here.
     """
+    env_id, info_keys, hold_steps = rules.env_id, rules.info_keys, rules.hold_steps
+    perturb = rules.perturbation(env.action_space, ep_seed)
     obs, info = env.reset(seed=ep_seed)
     expert.reset(env)
     first = state.get("stored_info") is None
@@ -174,7 +181,7 @@ def _run_episode(
     rows: dict[str, list[np.ndarray]] = {**{k: [] for k in obs_names}, "action": [], **{k: [] for k in stored}}
     success, score = False, -np.inf
     held: int | None = None  # steps recorded since the first success (hold_steps > 0 only)
-    for _ in range(limit):
+    for _ in range(rules.limit):
         action = expert.act(env, obs)
         if isinstance(obs, Mapping):  # images stay uint8 (H, W, C); vectors as they come (float64 cast below)
             for k in obs_names:
@@ -217,40 +224,31 @@ def _worker_init(env_id: str) -> None:
     _WORKER.update(pkg=pkg, env=_make_env(env_id, lambda: pkg.make_env(env_id)), state={})
 
 
-def _worker_episode(job: tuple[str, int, int, int, tuple[str, ...], float, int]) -> tuple[Any, ...]:
-    env_id, index, ep_seed, limit, info_keys, dart_noise, hold_steps = job
+def _worker_episode(job: tuple[_EpisodeRules, int, int]) -> tuple[Any, ...]:
+    rules, index, ep_seed = job
     env, state = _WORKER["env"], _WORKER["state"]
-    perturb = _Perturbation(env.action_space, dart_noise, ep_seed) if dart_noise > 0 else None
-    expert = _WORKER["pkg"].make_expert(env_id, seed=ep_seed)
-    episode, success, score = _run_episode(
-        env, expert, env_id, index, ep_seed, limit, info_keys, state, perturb, hold_steps
-    )
+    expert = _WORKER["pkg"].make_expert(rules.env_id, seed=ep_seed)
+    episode, success, score = _run_episode(env, expert, rules, index, ep_seed, state)
     return episode, success, score, state["stored_info"]
 
 
 def _episodes(
     env: Any,
     make_expert: Callable[[int], Any],
-    env_id: str,
+    rules: _EpisodeRules,
     episodes: int,
     seed: int,
-    limit: int,
-    info_keys: Sequence[str],
     state: dict,
-    dart_noise: float,
     workers: int,
-    hold_steps: int,
 ) -> Iterator[tuple[dict[str, np.ndarray], bool, float]]:
     """The episodes in index order: run here one by one, or by ``workers`` spawned processes."""
     if workers <= 1:
         for i in range(episodes):
-            perturb = _Perturbation(env.action_space, dart_noise, seed + i) if dart_noise > 0 else None
-            expert = make_expert(seed + i)
-            yield _run_episode(env, expert, env_id, i, seed + i, limit, info_keys, state, perturb, hold_steps)
+            yield _run_episode(env, make_expert(seed + i), rules, i, seed + i, state)
         return
-    jobs = [(env_id, i, seed + i, limit, tuple(info_keys), dart_noise, hold_steps) for i in range(episodes)]
+    jobs = [(rules, i, seed + i) for i in range(episodes)]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(env_id,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(rules.env_id,)) as pool:
         for episode, success, score, stored in pool.map(_worker_episode, jobs):
             state.setdefault("stored_info", stored)
             yield episode, success, score
@@ -350,6 +348,7 @@ def collect_demonstrations(
             "dart_noise": float(dart_noise),
             "hold_steps": int(hold_steps),
         }
+        rules = _EpisodeRules(env_id, int(limit), tuple(info_keys), float(dart_noise), hold_steps)
         tally, state, shapes = _Tally(), {}, {}
         spaces = getattr(getattr(env, "observation_space", None), "spaces", None)
         if isinstance(spaces, Mapping):  # a dict observation is stored key by key
@@ -362,19 +361,7 @@ def collect_demonstrations(
         t0 = time.perf_counter()
         with ReplayBuffer.create_writer(out_path, attrs, chunk_steps=chunk_steps, overwrite=overwrite) as writer:
             bar = tqdm(
-                _episodes(
-                    env,
-                    make_expert,
-                    env_id,
-                    episodes,
-                    seed,
-                    limit,
-                    info_keys,
-                    state,
-                    float(dart_noise),
-                    workers,
-                    hold_steps,
-                ),
+                _episodes(env, make_expert, rules, episodes, seed, state, workers),
                 total=episodes,
                 desc=f"collect {env_id}" + (f" ({workers} workers)" if workers > 1 else ""),
                 unit="ep",
