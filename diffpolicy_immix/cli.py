@@ -235,7 +235,7 @@ def _load_trained(
 
     The checkpoint is a run's ``checkpoints/latest.pt`` or one of its weights-only ``.safetensors`` files;
     ``task_overrides`` (dpi-eval's ``task.*``) replace fields of a policy checkpoint's task; ``sampling``
-    (dpi-eval's ``sampler``/``steps``) replaces sampling settings of the checkpoint's objective.
+    (dpi-eval's ``sampler``/``steps``/``spacing``) replaces sampling settings of the checkpoint's objective.
     """
     from diffpolicy_immix.app import load_model
     from diffpolicy_immix.training.trainer import resolve_device
@@ -266,7 +266,7 @@ def _evaluate(cfg: Any) -> None:
     from diffpolicy_immix.utils.io import atomic_write
 
     plain = _plain(cfg)
-    sampling = {k: plain[k] for k in ("sampler", "steps") if plain.get(k) is not None}
+    sampling = {k: plain[k] for k in ("sampler", "steps", "spacing") if plain.get(k) is not None}
     ckpt, device, model, run_cfg = _load_trained(cfg, "policy", "dpi-sample", plain.get("task"), sampling)
     task = run_cfg["task"]
     if task.get("env_id") is None:

@@ -93,7 +93,7 @@ def test_train_evaluate_policy_and_resume(demos: Path, tmp_path: Path) -> None:
     assert seeds == [100000, 100001]
     raw = run("dpi-eval", f"checkpoint='{scored}'", "ema=false", cwd=tmp_path, ok=False)
     assert raw.returncode == 2 and "holds only the EMA weights" in raw.stderr
-    # another sampler / number of sampling steps for this evaluation; a sampler the objective lacks is refused
+    # another sampler / number of sampling steps / spacing for this evaluation; a value the objective lacks is refused
     run(
         "dpi-eval",
         f"checkpoint='{scored}'",
@@ -101,12 +101,17 @@ def test_train_evaluate_policy_and_resume(demos: Path, tmp_path: Path) -> None:
         "n_envs=2",
         "sampler=ddpm",
         "steps=3",
+        "spacing=trailing",
         "out=ddpm3",
         cwd=tmp_path,
     )
     assert json.loads((tmp_path / "ddpm3" / "metrics.json").read_text())["n_episodes"] == 2
     bad = run("dpi-eval", f"checkpoint='{scored}'", "sampler=euler", cwd=tmp_path, ok=False)
     assert bad.returncode == 2 and "sampler='euler' is invalid" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("dpi-eval", f"checkpoint='{scored}'", "spacing=uniform", cwd=tmp_path, ok=False)
+    assert (
+        bad.returncode == 2 and "timestep_spacing='uniform' is invalid" in bad.stderr and "Traceback" not in bad.stderr
+    )
 
     # a longer budget resumes from the step-6 checkpoint instead of starting over
     run("dpi-train", *common[:3], "train.steps=9", *common[4:], "resume=true", cwd=tmp_path)

@@ -86,6 +86,8 @@ def oracle(obj: DiffusionObjective, x0: torch.Tensor):
         dict(prediction_type="v_prediction", sampler="ddim"),
         dict(prediction_type="epsilon", sampler="ddpm", num_inference_steps=100),
         dict(prediction_type="v_prediction", sampler="ddpm", num_inference_steps=20),
+        dict(prediction_type="sample", sampler="ddim", num_inference_steps=7, timestep_spacing="trailing"),
+        dict(prediction_type="epsilon", sampler="ddpm", num_inference_steps=30, timestep_spacing="trailing"),
         dict(prediction_type="epsilon", sampler="ddim", data_scale=2.5),
         dict(kind="flow_matching", num_inference_steps=7),
         dict(kind="flow_matching", data_scale=3.0),
@@ -96,6 +98,29 @@ def test_perfect_denoiser_recovers_x0(cfg: dict) -> None:
     x0 = torch.tensor([[0.5, -0.25, 0.9]])
     out = obj.sample(oracle(obj, x0), (16, 3), generator=gen(3))
     torch.testing.assert_close(out, x0.expand(16, 3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "spacing,steps,expected",
+    [
+        ("leading", 10, [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]),
+        ("trailing", 10, [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]),
+        ("leading", 100, list(range(99, -1, -1))),
+        ("trailing", 100, list(range(99, -1, -1))),
+    ],
+)
+def test_timestep_spacings(spacing: str, steps: int, expected: list[int]) -> None:
+    obj = DiffusionObjective(ObjectiveConfig(timestep_spacing=spacing))
+    assert obj.inference_timesteps(steps) == expected
+
+
+@pytest.mark.parametrize("steps", [3, 7, 30, 40, 99])
+def test_trailing_spacing_always_starts_at_the_last_training_step(steps: int) -> None:
+    """Leading spacing starts low when n does not divide T (40 of 100 steps start at t = 78); trailing
+    always starts at T - 1 and visits n distinct, strictly decreasing steps."""
+    obj = DiffusionObjective(ObjectiveConfig(timestep_spacing="trailing"))
+    ts = obj.inference_timesteps(steps)
+    assert ts[0] == 99 and len(ts) == steps and all(a > b >= 0 for a, b in zip(ts, ts[1:]))
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
@@ -137,6 +162,7 @@ def test_training_noise_comes_from_the_assigner_and_stats_are_reported() -> None
         (dict(beta_schedule="cosine"), "beta_schedule='cosine'"),
         (dict(num_inference_steps=200), "exceeds num_train_timesteps=100"),
         (dict(data_scale=0.0), "data_scale=0.0"),
+        (dict(timestep_spacing="linspace"), "timestep_spacing='linspace' is invalid"),
     ],
 )
 def test_config_errors(kwargs: dict, message: str) -> None:

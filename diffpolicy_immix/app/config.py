@@ -37,6 +37,7 @@ TASK_KINDS = ("policy", "image")
 SAMPLING_KEYS = {
     "objective.sampler": "sampler",
     "objective.num_inference_steps": "steps",
+    "objective.timestep_spacing": "spacing",
     "objective.clip_sample": "clip_sample",
     "objective.clip_sample_range": "clip_sample_range",
     "task.eval.guidance_scale": "guidance_scale",

@@ -40,6 +40,7 @@ ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
 KINDS = ("ddpm", "flow_matching")
 PREDICTIONS = {"ddpm": ("epsilon", "sample", "v_prediction"), "flow_matching": ("velocity",)}
 SAMPLERS = {"ddpm": ("ddim", "ddpm"), "flow_matching": ("euler",)}
+SPACINGS = ("leading", "trailing")
 
 
 @dataclass
@@ -58,6 +59,11 @@ class ObjectiveConfig:
     """ddpm: ``ddim`` (default) or ``ddpm``; flow matching: ``euler``."""
     num_inference_steps: int = 10
     """Sampling steps (DDIM/Euler; DDPM uses them as a strided subset of the T steps)."""
+    timestep_spacing: str = "leading"
+    """ddpm: which training steps sampling visits. ``leading`` (Diffusion Policy's and diffusers' DDIM
+    default): ``i * (T // n)``, so 10 of 100 steps start at t = 90, where the model was trained with some
+    signal left, though sampling starts from pure noise; ``trailing``: ``round(T - i * T / n) - 1``, which
+    always starts at t = T - 1 (99, 89, ..., 9)."""
     data_scale: float = 1.0
     """Improved Immiscible Diffusion's "image scaling": train on s * x0 (SNR x s^2), divide samples by s.
     Assignment sees the scaled data, so a larger s makes the data-noise distances (and the assigned
@@ -86,6 +92,10 @@ class ObjectiveConfig:
             raise ValueError(
                 f"objective sampler={self.sampler!r} is invalid for kind={self.kind!r}; "
                 f"choose one of {SAMPLERS[self.kind]}"
+            )
+        if self.timestep_spacing not in SPACINGS:
+            raise ValueError(
+                f"objective timestep_spacing={self.timestep_spacing!r} is invalid; choose one of {SPACINGS}"
             )
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(
@@ -278,10 +288,13 @@ class DiffusionObjective(nn.Module):
         return x / self.cfg.data_scale
 
     def inference_timesteps(self, steps: int) -> list[int]:
-        """Descending training-step indices visited by DDIM/DDPM sampling ("leading" spacing)."""
-        if not 1 <= steps <= self.cfg.num_train_timesteps:
-            raise ValueError(f"num_steps={steps} must lie in [1, num_train_timesteps={self.cfg.num_train_timesteps}]")
-        ratio = self.cfg.num_train_timesteps // steps
+        """Descending training-step indices visited by DDIM/DDPM sampling (``cfg.timestep_spacing``)."""
+        big_t = self.cfg.num_train_timesteps
+        if not 1 <= steps <= big_t:
+            raise ValueError(f"num_steps={steps} must lie in [1, num_train_timesteps={big_t}]")
+        if self.cfg.timestep_spacing == "trailing":
+            return [round(big_t - i * big_t / steps) - 1 for i in range(steps)]
+        ratio = big_t // steps
         return [i * ratio for i in reversed(range(steps))]
 
     def _sample_ddpm_family(
