@@ -260,13 +260,14 @@ def _evaluate(cfg: Any) -> None:
     import csv
     import json
 
-    from diffpolicy_immix.app import PolicyEvalConfig
+    from diffpolicy_immix.app import SAMPLING_KEYS, PolicyEvalConfig
     from diffpolicy_immix.evaluation import rollout_episodes, summarize_episodes
     from diffpolicy_immix.preflight import check_policy_env
     from diffpolicy_immix.utils.io import atomic_write
 
     plain = _plain(cfg)
-    sampling = {k: plain[k] for k in ("sampler", "steps", "spacing") if plain.get(k) is not None}
+    # dpi-eval's config names the sampling settings it offers by their short names (sampler, steps, spacing)
+    sampling = {k: plain[k] for k in SAMPLING_KEYS.values() if plain.get(k) is not None}
     ckpt, device, model, run_cfg = _load_trained(cfg, "policy", "dpi-sample", plain.get("task"), sampling)
     task = run_cfg["task"]
     if task.get("env_id") is None:
