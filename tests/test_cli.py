@@ -243,6 +243,8 @@ def test_train_and_sample_image_model(tmp_path: Path) -> None:
         ("dpi-train", ["resume=/nonexistent/latest.pt"], "resume=/nonexistent/latest.pt is not a file"),
         ("dpi-train", ["++task.eval.episodes_mid=0"], "task.eval.episodes_mid=0 is invalid"),
         ("dpi-train", ["++task.eval.video_size=8"], "task.eval.video_size=8 is invalid"),
+        ("dpi-train", ["++task.action_origin=[0,5]"], "action_origin=[0, 5] must select action_dim=2 dims"),
+        ("dpi-train", ["++task.action_origin=3"], "task.action_origin=3 is invalid"),
         ("dpi-train", ["task.dataset=missing.zarr", "task.env_id=null"], "task.env_id is missing"),
         ("dpi-train", ["task=image_folder"], "task.root is required: set task.root=<value>"),
         ("dpi-train", ["task=image_folder", "task.root=garbage.pt"], "task.root=garbage.pt is not a folder"),

@@ -247,6 +247,25 @@ def test_dataset_items_batches_and_split(tmp_path: Path) -> None:
     assert norm.get_stats("obs")["scale"].shape == (20,)
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_relative_action_normalizer(tmp_path: Path, in_memory: bool) -> None:
+    """With ``action_origin`` the action limits are those of every window's actions minus the origin
+    dims of its current observation (row To - 1), computed here window by window."""
+    path = _store(tmp_path, [30, 18, 25, 40, 22])
+    ds = PolicyDataset(path, ["keypoint", "state:0:2"], horizon=8, n_obs_steps=3, n_action_steps=4, in_memory=in_memory)
+    rel = ds.relative_actions((18, 20), chunk=7)  # a chunk size that does not divide the windows
+    assert rel.shape == (len(ds) * 8, 2)
+    want = np.concatenate([(ds[i]["action"] - ds[i]["obs"][2, 18:20]).numpy() for i in range(len(ds))])
+    np.testing.assert_allclose(rel, want, rtol=0, atol=1e-6)
+    norm = ds.get_normalizer(action_origin=(18, 20))
+    torch.testing.assert_close(norm.get_stats("action")["input_max"], torch.from_numpy(want.max(0)))
+    torch.testing.assert_close(norm.get_stats("obs")["scale"], ds.get_normalizer().get_stats("obs")["scale"])
+    with pytest.raises(ValueError, match=r"action_origin=\[17, 20\] must select action_dim=2 dims"):
+        ds.relative_actions((17, 20))
+    with pytest.raises(ValueError, match=r"obs_dim=20"):
+        ds.relative_actions((19, 21))
+
+
 def test_dataset_errors(tmp_path: Path) -> None:
     path = _store(tmp_path, [20, 20])
     want = r"ds\.zarr: data/pos: obs key not found \(available keys: action, keypoint, state\)"

@@ -115,6 +115,9 @@ def test_lowdim_encoder():
         (dict(diffusion_step_embed_dim=15), r"diffusion_step_embed_dim=15 must be even"),
         (dict(obs_as_global_cond=False), r"obs_as_global_cond=False"),
         (dict(obs_encoder="resnet"), r"obs_encoder='resnet' is unknown"),
+        (dict(action_origin=(2, 2)), r"action_origin=\(2, 2\) is invalid"),
+        (dict(action_origin=[0, 1, 2]), r"action_origin=\[0, 1, 2\] is invalid"),
+        (dict(action_origin=(0.0, 2.0)), r"action_origin=\(0.0, 2.0\) is invalid"),
     ],
 )
 def test_policy_config_errors(overrides, message):
@@ -227,6 +230,29 @@ def test_predict_action_shapes_and_executed_slice():
     assert (other["action_pred"] - out["action_pred"]).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"obs_dict\['obs'\] shape \(5, 3, 3\)"):
         policy.predict_action({"obs": _batch(b=5)["obs"][:, :3]})
+
+
+def test_relative_actions_learn_and_sample_around_the_origin():
+    """``action_origin``: the loss sees the chunk minus the origin dims of the current observation (row
+    To - 1), and sampling adds that observation's dims back, so shifting the origin shifts the sampled
+    chunk by exactly that amount when nothing else conditions on it."""
+    rel = _policy(seed=0, num_inference_steps=3, action_origin=(1, 3))  # obs dims 1, 2 hold the position
+    absolute = _policy(seed=0, num_inference_steps=3)
+    batch = _batch(b=4)
+    shifted = {"obs": batch["obs"], "action": batch["action"] + batch["obs"][:, 1:2, 1:3]}
+    g = torch.Generator().manual_seed(0)
+    loss_rel, _ = rel.compute_loss(shifted, generator=g)
+    loss_abs, _ = absolute.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss_rel, loss_abs)  # same weights, same noise, same normalized target
+    rel.eval()
+    obs = batch["obs"][:, :2]
+    out = rel.predict_action({"obs": obs}, generator=torch.Generator().manual_seed(0))
+    base = absolute.eval().predict_action({"obs": obs}, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out["action_pred"], base["action_pred"] + obs[:, -1:, 1:3])
+    with pytest.raises(ValueError, match=r"action_origin=\[2, 4\] must select action_dim=2 dims"):
+        _policy(action_origin=(2, 4))
+    with pytest.raises(ValueError, match=r"action_origin=\[0, 1\] must select action_dim=2 dims"):
+        _policy(action_origin=(0, 1))
 
 
 def test_state_dict_round_trip_keeps_normalizer():

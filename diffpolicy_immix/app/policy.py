@@ -90,8 +90,8 @@ def _check_int(name: str, value: Any, low: int) -> None:
 
 
 def policy_config(cfg: dict[str, Any]) -> Any:
-    """``PolicyConfig`` from the ``policy`` group plus the task's horizon, n_obs_steps, n_action_steps (and,
-    for a camera task, its ``image_keys`` and the low-dim part of its ``obs_keys``)."""
+    """``PolicyConfig`` from the ``policy`` group plus the task's horizon, n_obs_steps, n_action_steps,
+    action_origin (and, for a camera task, its ``image_keys`` and the low-dim part of its ``obs_keys``)."""
     from diffpolicy_immix.policy import PolicyConfig
 
     task = cfg["task"]
@@ -100,7 +100,12 @@ def policy_config(cfg: dict[str, Any]) -> Any:
     unknown = sorted(set(net) - fields)
     if unknown:
         raise UserError(f"policy: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
-    shape = {k: int(require(task, k, "task")) for k in ("horizon", "n_obs_steps", "n_action_steps")}
+    shape: dict[str, Any] = {k: int(require(task, k, "task")) for k in ("horizon", "n_obs_steps", "n_action_steps")}
+    origin = task.get("action_origin")
+    if origin is not None:
+        if not isinstance(origin, list | tuple):
+            raise UserError(f"task.action_origin={origin!r} is invalid; it must be [start, stop] observation dims")
+        shape["action_origin"] = tuple(origin)
     images = [str(k) for k in task.get("image_keys") or []]
     if images:
         lowdim = [str(k) for k in task.get("obs_keys") or [] if str(k) not in images]

@@ -280,13 +280,7 @@ class PolicyDataset(Dataset):
         camera key adds ``key: (B, To, 3, H_img, W_img)`` uint8 (the window's first To steps)."""
         if isinstance(indices, Tensor):
             indices = indices.cpu().numpy()
-        if self.in_memory:
-            windows, mask = self.sampler.sample(indices)
-            obs, action = windows["obs"], windows["action"]
-        else:
-            rows, mask = self.sampler.window_rows(indices)
-            obs = self._assemble_obs(self._sources, rows)
-            action = self._assemble_action(self._sources, rows)
+        obs, action, mask = self._lowdim_windows(indices)
         batch = {"obs": torch.from_numpy(obs), "action": torch.from_numpy(action)}
         if self._images:
             rows, _ = self.sampler.window_rows(indices)
@@ -296,6 +290,14 @@ class PolicyDataset(Dataset):
         if self.return_pad_mask:
             batch["pad_mask"] = torch.from_numpy(mask)
         return batch
+
+    def _lowdim_windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(obs (B, H, Do), action (B, H, Da), pad mask (B, H)) of windows ``indices``, without cameras."""
+        if self.in_memory:
+            windows, mask = self.sampler.sample(indices)
+            return windows["obs"], windows["action"], mask
+        rows, mask = self.sampler.window_rows(indices)
+        return self._assemble_obs(self._sources, rows), self._assemble_action(self._sources, rows), mask
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         """One window: ``{"obs": (H, Do), "action": (H, Da)}`` float32 tensors (cameras: (To, 3, H, W))."""
@@ -332,19 +334,43 @@ class PolicyDataset(Dataset):
         """Step mask (T,) of the episodes in ``mask`` (N,)."""
         return np.repeat(mask, self.replay_buffer.episode_lengths)
 
-    def get_normalizer(self, mode: str = "limits", range_eps: float = 1e-4) -> LinearNormalizer:
+    def get_normalizer(
+        self, mode: str = "limits", range_eps: float = 1e-4, action_origin: tuple[int, int] | None = None
+    ) -> LinearNormalizer:
         """A :class:`LinearNormalizer` with keys ``"obs"`` and ``"action"``, fitted on every step of the
         training episodes (``mode``: ``"limits"`` or ``"gaussian"``). Cameras are not fitted (their
-        normalization is fixed); with cameras only, there is no ``"obs"`` key."""
+        normalization is fixed); with cameras only, there is no ``"obs"`` key.
+
+        With ``action_origin=(start, stop)`` the ``"action"`` key is fitted on relative chunks instead:
+        every training window's H actions minus observation dims ``start:stop`` at its current step (row
+        To - 1), what a policy with the same ``action_origin`` learns."""
         steps = self._episode_rows(self.train_mask)
         if self.in_memory:
             obs, action = self._sources["obs"], self._sources["action"]
         else:
             obs, action = self._assemble_obs(self._sources), self._assemble_action(self._sources)
         data = {"obs": obs[steps], "action": action[steps]}
+        if action_origin is not None:
+            data["action"] = self.relative_actions(action_origin)
         if not self._obs_dim:
             del data["obs"]
         return LinearNormalizer().fit(data, mode=mode, range_eps=range_eps)
+
+    def relative_actions(self, action_origin: tuple[int, int], chunk: int = 8192) -> np.ndarray:
+        """Every training window's actions relative to observation dims ``start:stop`` at its current step
+        (row To - 1): (windows * H, Da) float32."""
+        start, stop = (int(i) for i in action_origin)
+        if not 0 <= start < stop <= self._obs_dim or stop - start != self._action_dim:
+            raise ValueError(
+                f"action_origin={[start, stop]} must select action_dim={self._action_dim} dims of the "
+                f"observation (obs_dim={self._obs_dim})"
+            )
+        out = []
+        for first in range(0, len(self), chunk):
+            obs, action, _ = self._lowdim_windows(np.arange(first, min(first + chunk, len(self))))
+            origin = obs[:, self.n_obs_steps - 1 : self.n_obs_steps, start:stop]  # (B, 1, Da)
+            out.append((action - origin).reshape(-1, self._action_dim))
+        return np.concatenate(out) if out else np.zeros((0, self._action_dim), dtype=np.float32)
 
     def get_all_actions(self) -> Tensor:
         """Every step's action of the training episodes: (T_train, Da) float32."""

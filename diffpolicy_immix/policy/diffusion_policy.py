@@ -71,6 +71,12 @@ class PolicyConfig:
             ``obs_keys`` without the cameras); :meth:`DiffusionPolicy.select_action` builds ``"obs"`` from
             a dict observation with them.
         vision: image encoder settings (:class:`~diffpolicy_immix.policy.vision.VisionConfig`).
+        action_origin: ``(start, stop)`` dims of the low-dimensional observation that hold the position the
+            actions are expressed in (e.g. the pusher's x, y for absolute pusher targets): the policy then
+            learns and samples each chunk relative to that position at the current step (the last of the To
+            observations) and adds it back on output, so the environment still gets absolute actions.
+            ``stop - start`` must equal the action width. ``None`` (default): absolute chunks, as in
+            Diffusion Policy.
     """
 
     denoiser: str = "unet"
@@ -91,6 +97,7 @@ class PolicyConfig:
     image_keys: tuple[str, ...] = ()
     obs_keys: tuple[str, ...] = ()
     vision: VisionConfig = field(default_factory=VisionConfig)
+    action_origin: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.denoiser not in DENOISERS:
@@ -132,6 +139,16 @@ class PolicyConfig:
         self.obs_keys = tuple(str(k) for k in self.obs_keys)
         if self.obs_encoder is None:
             self.obs_encoder = "small_cnn" if self.image_keys else "lowdim"
+        if self.action_origin is not None:
+            origin = self.action_origin
+            ok = isinstance(origin, list | tuple) and len(origin) == 2
+            ok = ok and all(isinstance(i, int) and not isinstance(i, bool) for i in origin)
+            if not ok or not 0 <= origin[0] < origin[1]:
+                raise ValueError(
+                    f"action_origin={origin!r} is invalid; it must be [start, stop] observation dims with "
+                    "0 <= start < stop"
+                )
+            self.action_origin = (int(origin[0]), int(origin[1]))
         if self.obs_encoder not in ENCODERS:
             raise ValueError(f"PolicyConfig: obs_encoder={self.obs_encoder!r} is unknown; valid: {sorted(ENCODERS)}")
         reserved = sorted({OBS, ACTION} & set(self.image_keys))
@@ -231,6 +248,13 @@ class DiffusionPolicy(nn.Module):
             self.obs_encoder = make_obs_encoder(
                 cfg.obs_encoder, obs_dim, cfg.n_obs_steps, hidden_dims=cfg.obs_encoder_hidden_dims
             )
+        if cfg.action_origin is not None:
+            start, stop = cfg.action_origin
+            if stop > obs_dim or stop - start != action_dim:
+                raise ValueError(
+                    f"action_origin={list(cfg.action_origin)} must select action_dim={action_dim} dims of the "
+                    f"low-dimensional observation (obs_dim={obs_dim})"
+                )
         self.model = DENOISERS[cfg.denoiser](cfg, action_dim, self.obs_encoder.out_dim)
         self._obs_queue: deque[Any] = deque(maxlen=cfg.n_obs_steps)  # Tensor (B, Do) or dict of them
         self._action_queue: deque[Tensor] = deque()
@@ -239,6 +263,14 @@ class DiffusionPolicy(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def _origin(self, obs_now: Tensor) -> Tensor | float:
+        """The position actions are relative to: ``obs_now`` (B, Do) raw -> (B, 1, Da), or 0 for absolute
+        actions (``cfg.action_origin`` unset)."""
+        if self.cfg.action_origin is None:
+            return 0.0
+        start, stop = self.cfg.action_origin
+        return obs_now[:, None, start:stop]
 
     def _denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """The objective's ``model_fn``: (B, H, Da), (B,), (B, G) -> (B, H, Da)."""
@@ -343,7 +375,7 @@ class DiffusionPolicy(nn.Module):
                 f"(B={action.shape[0]}, >= n_obs_steps={to}, obs_dim={self.obs_dim})"
             )
         nobs = self.normalizer.normalize(OBS, obs[:, :to])  # (B, To, Do)
-        naction = self.normalizer.normalize(ACTION, action)  # (B, H, Da)
+        naction = self.normalizer.normalize(ACTION, action - self._origin(obs[:, to - 1]))  # (B, H, Da)
         cond = self._encode(nobs)  # (B, G)
         return self.objective.loss(self._denoise, naction, cond=cond, generator=generator, with_stats=with_stats)
 
@@ -361,6 +393,8 @@ class DiffusionPolicy(nn.Module):
                 f"(B, horizon={h}, action_dim={self.action_dim})"
             )
         cond = self._encode_dict(batch, generator, "compute_loss")  # (B, G)
+        if self.cfg.action_origin is not None:
+            action = action - self._origin(torch.as_tensor(batch[OBS])[:, self.cfg.n_obs_steps - 1])
         naction = self.normalizer.normalize(ACTION, action)  # (B, H, Da)
         return self.objective.loss(self._denoise, naction, cond=cond, generator=generator, with_stats=with_stats)
 
@@ -388,8 +422,12 @@ class DiffusionPolicy(nn.Module):
             ``action == action_pred[:, To-1 : To-1+Ta]``.
         """
         cfg = self.cfg
+        origin: Tensor | float = 0.0
         if cfg.image_keys:
             cond = self._encode_dict(obs_dict, None, "predict_action")  # (B, G); centre crops in eval mode
+            if cfg.action_origin is not None:
+                low = torch.as_tensor(obs_dict[OBS], dtype=torch.float32, device=self.device)
+                origin = self._origin(low[:, cfg.n_obs_steps - 1])
         else:
             if OBS not in obs_dict:
                 raise KeyError(f"DiffusionPolicy.predict_action: obs_dict has no key {OBS!r}")
@@ -400,6 +438,7 @@ class DiffusionPolicy(nn.Module):
                     f"(B, n_obs_steps={cfg.n_obs_steps}, obs_dim={self.obs_dim})"
                 )
             cond = self._encode(self.normalizer.normalize(OBS, obs))  # (B, G)
+            origin = self._origin(obs[:, -1])
         b = cond.shape[0]
         naction = self.objective.sample(
             self._denoise,
@@ -409,7 +448,7 @@ class DiffusionPolicy(nn.Module):
             device=cond.device,
             dtype=cond.dtype,
         )  # (B, H, Da), normalized
-        action_pred = self.normalizer.unnormalize(ACTION, naction)  # (B, H, Da)
+        action_pred = self.normalizer.unnormalize(ACTION, naction) + origin  # (B, H, Da)
         return {"action": action_pred[:, cfg.action_slice], "action_pred": action_pred}
 
     def reset(self) -> None:
