@@ -102,12 +102,19 @@ def test_train_evaluate_policy_and_resume(demos: Path, tmp_path: Path) -> None:
         "sampler=ddpm",
         "steps=3",
         "spacing=trailing",
+        "candidates=3",
         "out=ddpm3",
         cwd=tmp_path,
     )
     assert json.loads((tmp_path / "ddpm3" / "metrics.json").read_text())["n_episodes"] == 2
     bad = run("dpi-eval", f"checkpoint='{scored}'", "sampler=euler", cwd=tmp_path, ok=False)
     assert bad.returncode == 2 and "sampler='euler' is invalid" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("dpi-eval", f"checkpoint='{scored}'", "candidates=0", cwd=tmp_path, ok=False)
+    assert (
+        bad.returncode == 2
+        and "candidates=0 must be a positive integer" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
     bad = run("dpi-eval", f"checkpoint='{scored}'", "spacing=uniform", cwd=tmp_path, ok=False)
     assert (
         bad.returncode == 2 and "timestep_spacing='uniform' is invalid" in bad.stderr and "Traceback" not in bad.stderr
@@ -245,6 +252,7 @@ def test_train_and_sample_image_model(tmp_path: Path) -> None:
         ("dpi-train", ["++task.eval.video_size=8"], "task.eval.video_size=8 is invalid"),
         ("dpi-train", ["++task.action_origin=[0,5]"], "action_origin=[0, 5] must select action_dim=2 dims"),
         ("dpi-train", ["++task.action_origin=3"], "task.action_origin=3 is invalid"),
+        ("dpi-train", ["policy.candidates=0"], "candidates=0 must be a positive integer"),
         ("dpi-train", ["task.dataset=missing.zarr", "task.env_id=null"], "task.env_id is missing"),
         ("dpi-train", ["task=image_folder"], "task.root is required: set task.root=<value>"),
         ("dpi-train", ["task=image_folder", "task.root=garbage.pt"], "task.root=garbage.pt is not a folder"),

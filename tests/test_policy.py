@@ -115,6 +115,7 @@ def test_lowdim_encoder():
         (dict(diffusion_step_embed_dim=15), r"diffusion_step_embed_dim=15 must be even"),
         (dict(obs_as_global_cond=False), r"obs_as_global_cond=False"),
         (dict(obs_encoder="resnet"), r"obs_encoder='resnet' is unknown"),
+        (dict(candidates=0), r"candidates=0 must be a positive integer"),
         (dict(action_origin=(2, 2)), r"action_origin=\(2, 2\) is invalid"),
         (dict(action_origin=[0, 1, 2]), r"action_origin=\[0, 1, 2\] is invalid"),
         (dict(action_origin=(0.0, 2.0)), r"action_origin=\(0.0, 2.0\) is invalid"),
@@ -255,6 +256,38 @@ def test_relative_actions_learn_and_sample_around_the_origin():
         _policy(action_origin=(0, 1))
 
 
+def test_candidates_keep_the_best_continuation_or_the_medoid():
+    """``candidates=K`` samples K chunks per observation (the same draws as a one-candidate policy given
+    each observation K times) and keeps the one closest to the previous plan over the steps both cover
+    that the previous plan had not executed (here To=2, Ta=4, H=8: candidate steps 1..3 against previous
+    steps 5..7), or the medoid without a previous plan."""
+    k, b = 5, 3
+    chooser = _policy(seed=0, num_inference_steps=3, candidates=k).eval()
+    plain = _policy(seed=0, num_inference_steps=3).eval()
+    obs = _batch(b=b)["obs"][:, :2]
+    every = plain.predict_action(
+        {"obs": torch.repeat_interleave(obs, k, dim=0)}, generator=torch.Generator().manual_seed(0)
+    )["action_pred"].reshape(b, k, 8, ACT_DIM)
+    previous = _batch(b=b, seed=9)["action"]
+    got = chooser.predict_action({"obs": obs}, generator=torch.Generator().manual_seed(0), previous=previous)
+    cost = (every[:, :, 1:4] - previous[:, None, 5:8]).pow(2).sum(-1).mean(-1)  # (B, K)
+    want = every[torch.arange(b), cost.argmin(1)]
+    torch.testing.assert_close(got["action_pred"], want)
+    torch.testing.assert_close(got["action"], want[:, 1:5])
+    medoid = chooser.predict_action({"obs": obs}, generator=torch.Generator().manual_seed(0))["action_pred"]
+    spread = torch.cdist(every.flatten(2), every.flatten(2)).sum(-1)  # (B, K)
+    torch.testing.assert_close(medoid, every[torch.arange(b), spread.argmin(1)])
+    assert not torch.equal(medoid, got["action_pred"])  # the previous plan changed the choice here
+
+    # select_action passes each plan on to the next re-plan, and reset() forgets it
+    chooser.reset()
+    for _ in range(4):
+        chooser.select_action(obs[:, -1])
+    assert chooser._last_plan is not None and chooser._last_plan.shape == (b, 8, ACT_DIM)
+    chooser.reset()
+    assert chooser._last_plan is None
+
+
 def test_state_dict_round_trip_keeps_normalizer():
     policy = _policy(seed=0, num_inference_steps=3).eval()
     fresh_cfg = PolicyConfig(**TINY)
@@ -276,9 +309,9 @@ def test_select_action_queues():
     chunks: list[torch.Tensor] = []
     real_predict = policy.predict_action
 
-    def spy(obs_dict, generator=None):
+    def spy(obs_dict, generator=None, previous=None):
         seen_obs.append(obs_dict["obs"].clone())
-        out = real_predict(obs_dict, generator=generator)
+        out = real_predict(obs_dict, generator=generator, previous=previous)
         chunks.append(out["action"].clone())
         return out
 

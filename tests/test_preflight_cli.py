@@ -212,8 +212,8 @@ def test_eval_n_action_steps_sets_how_many_actions_each_chunk_executes(
     chunks: list[tuple[int, ...]] = []
     original = DiffusionPolicy.predict_action
 
-    def counted(self, obs_dict, generator=None):
-        out = original(self, obs_dict, generator=generator)
+    def counted(self, obs_dict, generator=None, previous=None):
+        out = original(self, obs_dict, generator=generator, previous=previous)
         chunks.append(tuple(out["action"].shape))
         return out
 

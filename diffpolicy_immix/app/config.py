@@ -41,6 +41,7 @@ SAMPLING_KEYS = {
     "objective.clip_sample": "clip_sample",
     "objective.clip_sample_range": "clip_sample_range",
     "task.eval.guidance_scale": "guidance_scale",
+    "policy.candidates": "candidates",
 }
 """Run-configuration keys that change only how a trained model draws samples (never its training or its
 weights), each with a short name that may stand for it and that labels a setting."""

@@ -77,6 +77,11 @@ class PolicyConfig:
             observations) and adds it back on output, so the environment still gets absolute actions.
             ``stop - start`` must equal the action width. ``None`` (default): absolute chunks, as in
             Diffusion Policy.
+        candidates: action chunks sampled per re-plan (a sampling setting; 1, the default, samples one).
+            With K > 1, :meth:`DiffusionPolicy.select_action` executes the candidate that best continues
+            the previous plan (smallest mean squared distance over the steps both plans cover that the
+            previous one had not executed yet: backward coherence, as in bidirectional decoding), and the
+            medoid of the K (smallest summed distance to the others) when there is no previous plan.
     """
 
     denoiser: str = "unet"
@@ -98,6 +103,7 @@ class PolicyConfig:
     obs_keys: tuple[str, ...] = ()
     vision: VisionConfig = field(default_factory=VisionConfig)
     action_origin: tuple[int, int] | None = None
+    candidates: int = 1
 
     def __post_init__(self) -> None:
         if self.denoiser not in DENOISERS:
@@ -106,7 +112,7 @@ class PolicyConfig:
         self.transformer = _sub_config(TransformerConfig, self.transformer, "transformer")
         self.down_dims = tuple(int(d) for d in self.down_dims)
         self.obs_encoder_hidden_dims = tuple(int(d) for d in self.obs_encoder_hidden_dims)
-        for name in ("horizon", "n_obs_steps", "n_action_steps", "kernel_size", "n_groups"):
+        for name in ("horizon", "n_obs_steps", "n_action_steps", "kernel_size", "n_groups", "candidates"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"PolicyConfig: {name}={value!r} must be a positive integer")
@@ -258,6 +264,7 @@ class DiffusionPolicy(nn.Module):
         self.model = DENOISERS[cfg.denoiser](cfg, action_dim, self.obs_encoder.out_dim)
         self._obs_queue: deque[Any] = deque(maxlen=cfg.n_obs_steps)  # Tensor (B, Do) or dict of them
         self._action_queue: deque[Tensor] = deque()
+        self._last_plan: Tensor | None = None  # the last chunk (B, H, Da), kept when choosing among candidates
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -407,15 +414,20 @@ class DiffusionPolicy(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_action(
-        self, obs_dict: dict[str, Tensor], generator: torch.Generator | None = None
+        self,
+        obs_dict: dict[str, Tensor],
+        generator: torch.Generator | None = None,
+        previous: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Sample one action chunk.
+        """Sample one action chunk (``cfg.candidates`` of them, keeping one: see :class:`PolicyConfig`).
 
         Args:
             obs_dict: ``{"obs": Tensor (B, To, Do)}`` in raw units, oldest step first; a camera policy
                 also takes ``{camera key: Tensor (B, To, 3, H, W)}`` (uint8, or float on the 0..255 scale).
             generator: passed to the objective's sampler (the initial noise); it must live on the
                 policy's device.
+            previous: the chunk ``action_pred`` (B, H, Da) planned Ta steps earlier, which the candidates
+                are compared with; ``None``: the medoid is kept. Unused when ``cfg.candidates == 1``.
 
         Returns:
             ``{"action": Tensor (B, Ta, Da), "action_pred": Tensor (B, H, Da)}`` in raw units, where
@@ -439,22 +451,46 @@ class DiffusionPolicy(nn.Module):
                 )
             cond = self._encode(self.normalizer.normalize(OBS, obs))  # (B, G)
             origin = self._origin(obs[:, -1])
-        b = cond.shape[0]
+        b, k = cond.shape[0], cfg.candidates
+        if k > 1:  # K candidates per observation, sample-major: rows b*K .. b*K + K - 1
+            cond = torch.repeat_interleave(cond, k, dim=0)  # (B*K, G)
+            if isinstance(origin, Tensor):
+                origin = torch.repeat_interleave(origin, k, dim=0)  # (B*K, 1, Da)
         naction = self.objective.sample(
             self._denoise,
-            (b, cfg.horizon, self.action_dim),
+            (b * k, cfg.horizon, self.action_dim),
             cond=cond,
             generator=generator,
             device=cond.device,
             dtype=cond.dtype,
-        )  # (B, H, Da), normalized
-        action_pred = self.normalizer.unnormalize(ACTION, naction) + origin  # (B, H, Da)
+        )  # (B*K, H, Da), normalized
+        action_pred = self.normalizer.unnormalize(ACTION, naction) + origin  # (B*K, H, Da)
+        if k > 1:
+            action_pred = self._choose(rearrange(action_pred, "(b k) h d -> b k h d", k=k), previous)
         return {"action": action_pred[:, cfg.action_slice], "action_pred": action_pred}
+
+    def _choose(self, candidates: Tensor, previous: Tensor | None) -> Tensor:
+        """One chunk per observation from ``candidates`` (B, K, H, Da), raw units -> (B, H, Da).
+
+        With ``previous`` (B, H, Da), the chunk planned Ta steps earlier, candidate step i is the same time
+        step as previous step i + Ta; the steps compared are those the previous plan had not executed (i
+        from To - 1 on) and still covers (i < H - Ta). Without it (or without such steps), the medoid."""
+        cfg = self.cfg
+        lo, hi = cfg.n_obs_steps - 1, cfg.horizon - cfg.n_action_steps
+        if previous is not None and hi > lo:
+            ahead = previous[:, None, lo + cfg.n_action_steps :]  # (B, 1, hi - lo, Da)
+            cost = (candidates[:, :, lo:hi] - ahead).pow(2).sum(-1).mean(-1)  # (B, K)
+        else:
+            flat = rearrange(candidates, "b k h d -> b k (h d)")
+            cost = torch.cdist(flat, flat).sum(-1)  # (B, K)
+        best = cost.argmin(dim=1)  # (B,)
+        return candidates[torch.arange(candidates.shape[0], device=candidates.device), best]
 
     def reset(self) -> None:
         """Clear the observation and action queues (call at the start of every episode)."""
         self._obs_queue.clear()
         self._action_queue.clear()
+        self._last_plan = None
 
     @torch.no_grad()
     def select_action(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -491,9 +527,14 @@ class DiffusionPolicy(nn.Module):
             self._obs_queue.append(obs)
         if not self._action_queue:
             history = torch.stack(list(self._obs_queue), dim=1)  # (B, To, Do)
-            chunk = self.predict_action({OBS: history}, generator=generator)["action"]  # (B, Ta, Da)
-            self._action_queue.extend(rearrange(chunk, "b t d -> t b d").unbind(0))
+            self._plan({OBS: history}, generator)
         return self._action_queue.popleft()
+
+    def _plan(self, history: dict[str, Tensor], generator: torch.Generator | None) -> None:
+        """Predict a chunk from the observation history and queue its Ta executed actions."""
+        out = self.predict_action(history, generator=generator, previous=self._last_plan)
+        self._last_plan = out["action_pred"] if self.cfg.candidates > 1 else None
+        self._action_queue.extend(rearrange(out["action"], "b t d -> t b d").unbind(0))
 
     def _select_from_dict(self, obs: Mapping[str, Any], generator: torch.Generator | None) -> Tensor:
         """:meth:`select_action` for dict observations (queues of per-step dicts)."""
@@ -515,8 +556,7 @@ class DiffusionPolicy(nn.Module):
             self._obs_queue.extend([step] * self.cfg.n_obs_steps)
         if not self._action_queue:
             history = {k: torch.stack([s[k] for s in self._obs_queue], dim=1) for k in step}  # (B, To, ...)
-            chunk = self.predict_action(history, generator=generator)["action"]  # (B, Ta, Da)
-            self._action_queue.extend(rearrange(chunk, "b t d -> t b d").unbind(0))
+            self._plan(history, generator)
         return self._action_queue.popleft()
 
     def extra_repr(self) -> str:
