@@ -271,13 +271,15 @@ class DiffusionPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _origin(self, obs_now: Tensor) -> Tensor | float:
-        """The position actions are relative to: ``obs_now`` (B, Do) raw -> (B, 1, Da), or 0 for absolute
-        actions (``cfg.action_origin`` unset)."""
+    def _shift(self, action: Tensor, obs: Tensor, sign: int) -> Tensor:
+        """``action`` (B, ..., Da) raw plus ``sign`` times the ``cfg.action_origin`` dims of the current
+        step of ``obs`` (B, >= To, Do) raw: -1 makes a chunk relative, +1 absolute again. Unchanged for
+        absolute actions (``cfg.action_origin`` unset)."""
         if self.cfg.action_origin is None:
-            return 0.0
+            return action
         start, stop = self.cfg.action_origin
-        return obs_now[:, None, start:stop]
+        origin = torch.as_tensor(obs, dtype=action.dtype, device=action.device)[:, self.cfg.n_obs_steps - 1, start:stop]
+        return action + sign * origin.reshape(origin.shape[0], *[1] * (action.ndim - 2), -1)
 
     def _denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """The objective's ``model_fn``: (B, H, Da), (B,), (B, G) -> (B, H, Da)."""
@@ -382,7 +384,7 @@ class DiffusionPolicy(nn.Module):
                 f"(B={action.shape[0]}, >= n_obs_steps={to}, obs_dim={self.obs_dim})"
             )
         nobs = self.normalizer.normalize(OBS, obs[:, :to])  # (B, To, Do)
-        naction = self.normalizer.normalize(ACTION, action - self._origin(obs[:, to - 1]))  # (B, H, Da)
+        naction = self.normalizer.normalize(ACTION, self._shift(action, obs, -1))  # (B, H, Da)
         cond = self._encode(nobs)  # (B, G)
         return self.objective.loss(self._denoise, naction, cond=cond, generator=generator, with_stats=with_stats)
 
@@ -400,9 +402,7 @@ class DiffusionPolicy(nn.Module):
                 f"(B, horizon={h}, action_dim={self.action_dim})"
             )
         cond = self._encode_dict(batch, generator, "compute_loss")  # (B, G)
-        if self.cfg.action_origin is not None:
-            action = action - self._origin(torch.as_tensor(batch[OBS])[:, self.cfg.n_obs_steps - 1])
-        naction = self.normalizer.normalize(ACTION, action)  # (B, H, Da)
+        naction = self.normalizer.normalize(ACTION, self._shift(action, batch.get(OBS), -1))  # (B, H, Da)
         return self.objective.loss(self._denoise, naction, cond=cond, generator=generator, with_stats=with_stats)
 
     def forward(
@@ -434,12 +434,8 @@ class DiffusionPolicy(nn.Module):
             ``action == action_pred[:, To-1 : To-1+Ta]``.
         """
         cfg = self.cfg
-        origin: Tensor | float = 0.0
         if cfg.image_keys:
             cond = self._encode_dict(obs_dict, None, "predict_action")  # (B, G); centre crops in eval mode
-            if cfg.action_origin is not None:
-                low = torch.as_tensor(obs_dict[OBS], dtype=torch.float32, device=self.device)
-                origin = self._origin(low[:, cfg.n_obs_steps - 1])
         else:
             if OBS not in obs_dict:
                 raise KeyError(f"DiffusionPolicy.predict_action: obs_dict has no key {OBS!r}")
@@ -450,12 +446,9 @@ class DiffusionPolicy(nn.Module):
                     f"(B, n_obs_steps={cfg.n_obs_steps}, obs_dim={self.obs_dim})"
                 )
             cond = self._encode(self.normalizer.normalize(OBS, obs))  # (B, G)
-            origin = self._origin(obs[:, -1])
         b, k = cond.shape[0], cfg.candidates
         if k > 1:  # K candidates per observation, sample-major: rows b*K .. b*K + K - 1
             cond = torch.repeat_interleave(cond, k, dim=0)  # (B*K, G)
-            if isinstance(origin, Tensor):
-                origin = torch.repeat_interleave(origin, k, dim=0)  # (B*K, 1, Da)
         naction = self.objective.sample(
             self._denoise,
             (b * k, cfg.horizon, self.action_dim),
@@ -464,9 +457,9 @@ class DiffusionPolicy(nn.Module):
             device=cond.device,
             dtype=cond.dtype,
         )  # (B*K, H, Da), normalized
-        action_pred = self.normalizer.unnormalize(ACTION, naction) + origin  # (B*K, H, Da)
-        if k > 1:
-            action_pred = self._choose(rearrange(action_pred, "(b k) h d -> b k h d", k=k), previous)
+        action_pred = rearrange(self.normalizer.unnormalize(ACTION, naction), "(b k) h d -> b k h d", k=k)
+        action_pred = self._shift(action_pred, obs_dict.get(OBS), +1)  # (B, K, H, Da), absolute
+        action_pred = self._choose(action_pred, previous) if k > 1 else action_pred[:, 0]
         return {"action": action_pred[:, cfg.action_slice], "action_pred": action_pred}
 
     def _choose(self, candidates: Tensor, previous: Tensor | None) -> Tensor:
