@@ -112,6 +112,7 @@ def _collect(cfg: Any) -> None:
         dart_noise=plain["dart_noise"] if plain.get("dart_noise") is not None else task["demos"].get("dart_noise", 0.0),
         workers=plain["workers"] if plain.get("workers") is not None else task["demos"].get("workers", 1),
         hold_steps=plain["hold_steps"] if plain.get("hold_steps") is not None else task["demos"].get("hold_steps", 0),
+        expert_options=plain["expert"] if plain.get("expert") is not None else task["demos"].get("expert", {}),
     )
     print(
         f"{task['name']}: expert success {summary['episodes_succeeded']}/{summary['episodes_attempted']} "
@@ -123,7 +124,7 @@ def _collect(cfg: Any) -> None:
 
 def collect() -> None:
     """``dpi-collect task=<name> episodes=N seed=S [out=PATH] [keep_failed=true] [dart_noise=0.05] [workers=4]
-    [hold_steps=20]``."""
+    [hold_steps=20] [expert={jitter:false}]``."""
     run_hydra("dpi_collect", _collect)
 
 

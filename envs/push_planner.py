@@ -90,7 +90,13 @@ class _PushPlanner:
     name = "push_planner"
 
     def __init__(
-        self, geometry: PushGeometry, seed: int = 0, horizon: int = 6, min_push: int = 2, noise: float = 0.0
+        self,
+        geometry: PushGeometry,
+        seed: int = 0,
+        horizon: int = 6,
+        min_push: int = 2,
+        noise: float = 0.0,
+        jitter: bool = True,
     ) -> None:
         if not 1 <= min_push <= horizon:
             raise ValueError(f"min_push={min_push} and horizon={horizon} need 1 <= min_push <= horizon")
@@ -98,7 +104,7 @@ class _PushPlanner:
             raise ValueError(f"noise={noise} must be >= 0")
         self.geo = geometry
         self.rng = np.random.default_rng(seed)
-        self.horizon, self.min_push, self.noise = horizon, min_push, noise
+        self.horizon, self.min_push, self.noise, self.jitter = horizon, min_push, noise, jitter
         self.hull = ensure_ccw(convex_hull(np.concatenate(geometry.parts)))
         self.travel_hull = inflate_convex(self.hull, geometry.pusher_radius + geometry.clearance)
         self._edges = self._outer_edges()
@@ -153,13 +159,19 @@ class _PushPlanner:
             length = float(np.linalg.norm(e))
             inward = np.array([-e[1], e[0]]) / length
             n_pts = max(int(round(length / self.geo.edge_spacing)), 1)
-            offsets = (np.arange(n_pts) + 0.5 + self.rng.uniform(-0.35, 0.35, size=n_pts)) / n_pts
-            for t in offsets:
+            if self.jitter:
+                offsets = (np.arange(n_pts) + 0.5 + self.rng.uniform(-0.35, 0.35, size=n_pts)) / n_pts
+                tilts = [[float(self.rng.uniform(-0.2, 0.2))] for _ in offsets]
+            else:  # a fixed grid: the same state always gives the same candidates
+                offsets = (np.arange(n_pts) + 0.5) / n_pts
+                tilts = [[-0.2, 0.0, 0.2]] * n_pts
+            for t, angles in zip(offsets, tilts):
                 contact = a + t * e
-                direction = rotation(self.rng.uniform(-0.2, 0.2)) @ inward
-                pre = contact - direction * (r + gap)
-                if all(distance_to_polygon(pre, poly) >= r + 0.5 * gap for poly in self.geo.parts):
-                    out.append(_Candidate(contact, direction))
+                for angle in angles:
+                    direction = rotation(angle) @ inward
+                    pre = contact - direction * (r + gap)
+                    if all(distance_to_polygon(pre, poly) >= r + 0.5 * gap for poly in self.geo.parts):
+                        out.append(_Candidate(contact, direction))
         return out
 
     def _travel_path(self, start: np.ndarray, pose: np.ndarray, pre: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -324,7 +336,9 @@ class PushBlockExpert(_PushPlanner):
 
     name = "push_block_planner"
 
-    def __init__(self, seed: int = 0, horizon: int = 6, min_push: int = 2, noise: float = 0.0) -> None:
+    def __init__(
+        self, seed: int = 0, horizon: int = 6, min_push: int = 2, noise: float = 0.0, jitter: bool = True
+    ) -> None:
         from .geometry import box_polygon
         from .push_block import BLOCK_HALF, PUSHER_RADIUS, TABLE_HALF
 
@@ -341,7 +355,7 @@ class PushBlockExpert(_PushPlanner):
             settle_speed=0.03,
             replan_shift=(0.002, 0.02),
         )
-        super().__init__(geometry, seed=seed, horizon=horizon, min_push=min_push, noise=noise)
+        super().__init__(geometry, seed=seed, horizon=horizon, min_push=min_push, noise=noise, jitter=jitter)
         self._scratch: Any = None
 
     def read(self, env: gym.Env) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -384,7 +398,9 @@ class PushTExpert(_PushPlanner):
 
     name = "pusht_planner"
 
-    def __init__(self, seed: int = 0, horizon: int = 6, min_push: int = 2, noise: float = 0.0) -> None:
+    def __init__(
+        self, seed: int = 0, horizon: int = 6, min_push: int = 2, noise: float = 0.0, jitter: bool = True
+    ) -> None:
         from .pusht import _make_underlying
 
         self._sim = _make_underlying(obs_type="state")
@@ -410,7 +426,7 @@ class PushTExpert(_PushPlanner):
             reach_tol=1.0,
             settle_speed=20.0,
         )
-        super().__init__(geometry, seed=seed, horizon=horizon, min_push=min_push, noise=noise)
+        super().__init__(geometry, seed=seed, horizon=horizon, min_push=min_push, noise=noise, jitter=jitter)
 
     def read(self, env: gym.Env) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         u = env.unwrapped

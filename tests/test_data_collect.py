@@ -410,3 +410,32 @@ def test_collection_options_are_checked_before_any_episode(tmp_path: Path, optio
             **{option: bad},
         )
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_expert_options_reach_the_built_in_expert_in_every_worker(tmp_path: Path) -> None:
+    """expert_options build the task's own expert with those keywords (in worker processes too), are recorded
+    in the store, and an option the expert does not take is a one-line error before any episode."""
+    pytest.importorskip("diffpolicy_immix_envs")
+    stores = []
+    for workers, seed in ((1, 0), (2, 0), (1, 5)):
+        out = tmp_path / f"w{workers}s{seed}.zarr"
+        collect_demonstrations(
+            "push_block", out, episodes=2, seed=seed, workers=workers, expert_options={"jitter": False}, progress=False
+        )
+        with ReplayBuffer.open(out) as buf:
+            assert buf.attrs["expert_options"] == {"jitter": False}
+            stores.append(buf["action"][:])
+    np.testing.assert_array_equal(stores[0], stores[1])
+    with pytest.raises(UserError, match=r"expert_options=\{'jiter': False\} rejected by its expert"):
+        collect_demonstrations("push_block", tmp_path / "bad.zarr", episodes=1, expert_options={"jiter": False})
+    with pytest.raises(UserError, match="pass them to your own expert"):
+        collect_demonstrations(
+            "fake",
+            tmp_path / "bad.zarr",
+            episodes=1,
+            env_fn=FakeReachEnv,
+            expert=FakeExpert(),
+            max_steps=5,
+            expert_options={"jitter": False},
+        )
+    assert not (tmp_path / "bad.zarr").exists()

@@ -21,9 +21,9 @@ def _need(task: str) -> None:
         pytest.importorskip(OPTIONAL[task])
 
 
-def _run_expert(task: str, seed: int, expert_seed: int = 0, max_steps: int | None = None) -> dict:
+def _run_expert(task: str, seed: int, expert_seed: int = 0, max_steps: int | None = None, **options) -> dict:
     env = E.make_env(task)
-    expert = E.make_expert(task, seed=expert_seed)
+    expert = E.make_expert(task, seed=expert_seed, **options)
     obs, info = env.reset(seed=seed)
     expert.reset(env)
     best = info["score"]
@@ -214,6 +214,33 @@ def test_reach_around_expert_is_bimodal():
 @pytest.mark.parametrize("seed", range(3))
 def test_push_block_expert_succeeds(seed):
     assert _run_expert("push_block", seed)["info"]["success"]
+
+
+def _first_actions(task: str, expert_seed: int, steps: int, **options) -> np.ndarray:
+    env = E.make_env(task)
+    obs, _ = env.reset(seed=11)
+    expert = E.make_expert(task, seed=expert_seed, **options)
+    expert.reset(env)
+    actions = []
+    for _ in range(steps):
+        actions.append(expert.act(env, obs))
+        obs, *_ = env.step(actions[-1])
+    return np.array(actions)
+
+
+def test_push_block_expert_without_jitter_is_a_function_of_the_state():
+    """jitter=False plans over a fixed grid of candidate pushes: experts of any seed act alike from the same
+    state, while the default jittered candidates make them differ."""
+    fixed = [_first_actions("push_block", s, 12, jitter=False) for s in (0, 1, 2)]
+    np.testing.assert_array_equal(fixed[0], fixed[1])
+    np.testing.assert_array_equal(fixed[0], fixed[2])
+    jittered = [_first_actions("push_block", s, 12) for s in (0, 1)]
+    assert np.abs(jittered[0] - jittered[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_push_block_expert_without_jitter_succeeds(seed):
+    assert _run_expert("push_block", seed, jitter=False)["info"]["success"]
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -105,10 +105,11 @@ class _Tally:
 
 
 def _resolve_expert(
-    env_id: str, env_fn: Callable[[], Any] | None, expert: Any
+    env_id: str, env_fn: Callable[[], Any] | None, expert: Any, options: Mapping[str, Any]
 ) -> tuple[str, Callable[[], Any], Callable[[int], Any]]:
     """(gymnasium id, env factory, expert factory: seed -> expert), defaulting to the toolkit's tasks and
-    scripted experts; a given ``expert`` object serves every episode."""
+    scripted experts built with keyword arguments ``options``; a given ``expert`` object serves every
+    episode."""
     if env_fn is not None and expert is not None:
         return env_id, env_fn, lambda _seed: expert
     pkg = _load_env_package(env_id)
@@ -117,7 +118,7 @@ def _resolve_expert(
     env_fn = env_fn or (lambda: pkg.make_env(env_id))
     if expert is not None:
         return env_id, env_fn, lambda _seed: expert
-    return env_id, env_fn, lambda seed: pkg.make_expert(env_id, seed=seed)
+    return env_id, env_fn, lambda seed: pkg.make_expert(env_id, seed=seed, **options)
 
 
 def _make_env(env_id: str, env_fn: Callable[[], Any]) -> Any:
@@ -154,6 +155,7 @@ class _EpisodeRules:
     info_keys: tuple[str, ...]
     dart_noise: float = 0.0
     hold_steps: int = 0
+    expert_options: tuple[tuple[str, Any], ...] = ()  # keyword arguments of the task's make_expert
 
     def perturbation(self, space: Any, ep_seed: int) -> _Perturbation | None:
         return _Perturbation(space, self.dart_noise, ep_seed) if self.dart_noise > 0 else None
@@ -227,7 +229,7 @@ def _worker_init(env_id: str) -> None:
 def _worker_episode(job: tuple[_EpisodeRules, int, int]) -> tuple[Any, ...]:
     rules, index, ep_seed = job
     env, state = _WORKER["env"], _WORKER["state"]
-    expert = _WORKER["pkg"].make_expert(rules.env_id, seed=ep_seed)
+    expert = _WORKER["pkg"].make_expert(rules.env_id, seed=ep_seed, **dict(rules.expert_options))
     episode, success, score = _run_episode(env, expert, rules, index, ep_seed, state)
     return episode, success, score, state["stored_info"]
 
@@ -278,6 +280,7 @@ def collect_demonstrations(
     dart_noise: float = 0.0,
     workers: int = 1,
     hold_steps: int = 0,
+    expert_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Roll out the scripted expert of ``env_id`` and write its episodes to ``out_path``.
 
@@ -305,6 +308,8 @@ def collect_demonstrations(
             same for any number. More than 1 needs the built-in env and expert (no ``env_fn``/``expert``).
         hold_steps: steps recorded after an episode's first success, the expert still acting (module
             docstring); 0 ends the episode where the env does.
+        expert_options: keyword arguments for the built-in expert (``make_expert(env_id, seed=...,
+            **expert_options)``), e.g. ``{"jitter": False}`` for the push planners; recorded in the store.
 
     Returns:
         ``{"path", "episodes_attempted", "episodes_succeeded", "episodes_kept", "success_rate",
@@ -329,8 +334,16 @@ def collect_demonstrations(
         raise UserError(
             f"workers={workers} needs the task's built-in env and expert; pass env_fn/expert with workers=1"
         )
-    env_id, env_fn, make_expert = _resolve_expert(env_id, env_fn, expert)
-    expert = make_expert(seed)  # names the store's expert
+    options = dict(expert_options or {})
+    if options and expert is not None:
+        raise UserError(f"expert_options={options} configure the built-in expert; pass them to your own expert")
+    env_id, env_fn, make_expert = _resolve_expert(env_id, env_fn, expert, options)
+    try:
+        expert = make_expert(seed)  # names the store's expert; checks the options before any episode
+    except TypeError as err:
+        if not options:
+            raise
+        raise UserError(f"{env_id}: expert_options={options} rejected by its expert: {err}") from err
     env = _make_env(env_id, env_fn)
     _remove_leftovers(Path(out_path))
     try:
@@ -347,8 +360,11 @@ def collect_demonstrations(
             "keep_failed": bool(keep_failed),
             "dart_noise": float(dart_noise),
             "hold_steps": int(hold_steps),
+            "expert_options": options,
         }
-        rules = _EpisodeRules(env_id, int(limit), tuple(info_keys), float(dart_noise), hold_steps)
+        rules = _EpisodeRules(
+            env_id, int(limit), tuple(info_keys), float(dart_noise), hold_steps, tuple(sorted(options.items()))
+        )
         tally, state, shapes = _Tally(), {}, {}
         spaces = getattr(getattr(env, "observation_space", None), "spaces", None)
         if isinstance(spaces, Mapping):  # a dict observation is stored key by key
