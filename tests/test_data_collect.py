@@ -439,3 +439,15 @@ def test_expert_options_reach_the_built_in_expert_in_every_worker(tmp_path: Path
             expert_options={"jitter": False},
         )
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_a_missing_store_is_collected_with_the_tasks_demonstration_options(tmp_path: Path) -> None:
+    """dpi-train / dpi-compare collect a missing store with task.demos, expert options included."""
+    pytest.importorskip("diffpolicy_immix_envs")
+    from diffpolicy_immix.app.policy import ensure_demonstrations
+
+    demos = {"episodes": 1, "seed": 0, "hold_steps": 2, "expert": {"jitter": False}}
+    task = {"name": "push_block", "env_id": "immix/PushBlock-v0", "dataset": str(tmp_path / "pb.zarr"), "demos": demos}
+    path = ensure_demonstrations(task, progress=False)
+    with ReplayBuffer.open(path) as buf:
+        assert buf.attrs["expert_options"] == {"jitter": False} and buf.attrs["hold_steps"] == 2

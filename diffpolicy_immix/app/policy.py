@@ -209,6 +209,7 @@ def ensure_demonstrations(task: dict[str, Any], progress: bool = True) -> Path:
         dart_noise=demos.get("dart_noise", 0.0),
         workers=demos.get("workers", 1),
         hold_steps=demos.get("hold_steps", 0),
+        expert_options=demos.get("expert") or {},
     )
     print(
         f"[{task['name']}] expert success {100 * summary['success_rate']:.1f}%, "
