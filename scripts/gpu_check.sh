@@ -50,7 +50,7 @@ done
 
 # Diffusion Policy's own recipe on PushT at paper size, for as long as the budget allows (time-limited).
 step collect_pusht 120 dpi-collect task=pusht episodes=40 seed=0 out="$DATA/pusht.zarr"
-step pusht_paper 150 dpi-train task=pusht task.dataset="$DATA/pusht.zarr" policy=unet_paper objective=ddpm \
+step pusht_paper 150 dpi-train task=pusht task.dataset="$DATA/pusht.zarr" assign=none policy=unet_paper objective=ddpm \
   objective.num_inference_steps=100 objective.sampler=ddpm train.batch_size=256 train.lr=1.0e-4 \
   train.warmup_steps=500 train.steps=2000 train.eval_every=500 task.eval.episodes=20 train.device=cuda \
   out_dir="$OUT/pusht_paper"

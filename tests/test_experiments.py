@@ -36,7 +36,7 @@ from diffpolicy_immix.experiments.aggregate import (
 )
 from diffpolicy_immix.experiments.records import FINAL_FILE
 from diffpolicy_immix.experiments.report import compact_table, fmt_time
-from diffpolicy_immix.experiments.runner import RunPlan, execute_run, plan_runs, run_sweep
+from diffpolicy_immix.experiments.runner import RunPlan, compose_run_config, execute_run, plan_runs, run_sweep
 
 # ------------------------------------------------------------------------------ synthetic curves
 
@@ -309,6 +309,18 @@ def test_every_packaged_experiment_composes(tmp_path):
         spec = load_experiment(name)
         assert [p.label for p in plans] == spec.labels
         assert all(p.config["task"]["name"] == spec.task for p in plans)
+        # a task's recipe may select an assigner (pusht: knn_k2); a method called "none" must still get plain noise
+        assert all(p.config["assign"]["name"] == "none" for p in plans if p.label == "none"), name
+
+
+def test_a_task_recipe_selects_its_assigner_and_the_command_line_wins():
+    recipe = compose_run_config(["task=pusht"])["assign"]
+    assert (recipe["name"], recipe["k"], recipe["keep_norm"]) == ("knn", 2, False)
+    assert compose_run_config(["task=pusht", "assign=none"])["assign"] == {"name": "none"}
+    assert compose_run_config(["task=pusht", "assign=knn"])["assign"]["k"] == 4  # the knn preset's own k
+    assert compose_run_config(["task=pusht", "assign.k=8"])["assign"]["k"] == 8
+    for task in ("reach_around", "point_maze", "push_block"):
+        assert compose_run_config([f"task={task}"])["assign"] == {"name": "none"}
 
 
 def test_plan_runs_differ_only_by_method_and_refuse_a_changed_run(tmp_path):
