@@ -16,6 +16,7 @@ from scipy import stats
 
 from diffpolicy_immix.diffusion import DiffusionObjective, ObjectiveConfig
 from diffpolicy_immix.immiscible import (
+    derangement,
     global_lsa_noise,
     local_assignment,
     make_assigner,
@@ -62,6 +63,34 @@ def test_keep_norm_matches_between_projection_and_bruteforce() -> None:
     assert stats.ks_2samp((x - proj).norm(dim=1), (x - brute).norm(dim=1)).pvalue > KS_ALPHA
     cos = lambda n: torch.nn.functional.cosine_similarity(n, x, dim=1)  # noqa: E731
     assert stats.ks_2samp(cos(proj), cos(brute)).pvalue > KS_ALPHA
+
+
+# --- shuffle_pairs (the pairing control) ------------------------------------------------------------
+
+
+def test_derangement_moves_every_row() -> None:
+    """No fixed point for n >= 2 (every seed tried), a permutation every time; n = 1 pairs the row with itself."""
+    for n in (2, 3, 17, 256):
+        for seed in range(20):
+            partner = derangement(n, gen(seed), "cpu")
+            assert sorted(partner.tolist()) == list(range(n))
+            assert not bool((partner == torch.arange(n)).any())
+    assert derangement(1, gen(0), "cpu").tolist() == [0]
+
+
+def test_shuffle_pairs_keeps_the_noise_law_but_not_the_pairing() -> None:
+    """At D = 32, k = 2, 20000 rows of one data distribution: the shuffled noise's norm has the law of
+    KNN's (two-sample KS, alpha 1e-3; both shrunk: KS against chi(D) rejects), while its cosine with its own
+    row is zero within 4 standard errors, where KNN's is positive by more than 20."""
+    x = data(20000, 32, seed=4)
+    paired = make_assigner("knn", k=2)(x, gen(1))
+    shuffled = make_assigner("knn", k=2, shuffle_pairs=True)(x, gen(2))
+    assert stats.ks_2samp(paired.norm(dim=1), shuffled.norm(dim=1)).pvalue > KS_ALPHA
+    assert stats.kstest(shuffled.norm(dim=1).numpy(), stats.chi(32).cdf).pvalue < KS_ALPHA
+    se = 1 / math.sqrt(len(x) * 32)  # std of the cosine of independent directions in D = 32, over the mean
+    cos = lambda n: float(torch.nn.functional.cosine_similarity(n, x, dim=1).mean())  # noqa: E731
+    assert abs(cos(shuffled)) < 4 * se
+    assert cos(paired) > 20 * se
 
 
 # --- target_reduction ------------------------------------------------------------------------------
@@ -171,6 +200,8 @@ def test_t_range_uses_the_ddpm_step_fraction_and_stays_reproducible() -> None:
         ("knn", {"target_reduction": -0.1}, "target_reduction=-0.1"),
         ("knn", {"target_reduction": 0.05, "method": "bruteforce"}, "target_reduction=0.05"),
         ("knn", {"keep_norm": "yes"}, "keep_norm='yes'"),
+        ("knn", {"shuffle_pairs": 1}, "shuffle_pairs=1"),
+        ("lsa", {"shuffle_pairs": True}, "shuffle_pairs=True"),
         ("knn", {"t_range": (0.5, 0.5)}, "t_range=[0.5, 0.5]"),
         ("lsa", {"t_range": [-0.1, 0.5]}, "t_range=[-0.1, 0.5]"),
         ("sinkhorn", {"t_range": [0.0, 1.5]}, "t_range=[0.0, 1.5]"),
@@ -240,6 +271,7 @@ VARIANTS = [
     ("knn", {"k": 4}),
     ("knn", {"k": 4, "method": "bruteforce", "keep_norm": True}),
     ("knn", {"k": 64, "keep_norm": True}),
+    ("knn", {"k": 2, "shuffle_pairs": True}),
     ("knn", {"target_reduction": 0.05}),
     ("sinkhorn", {}),
 ]

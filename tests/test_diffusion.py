@@ -163,12 +163,33 @@ def test_training_noise_comes_from_the_assigner_and_stats_are_reported() -> None
         (dict(num_inference_steps=200), "exceeds num_train_timesteps=100"),
         (dict(data_scale=0.0), "data_scale=0.0"),
         (dict(timestep_spacing="linspace"), "timestep_spacing='linspace' is invalid"),
+        (dict(init_noise_scale=0.0), "init_noise_scale=0.0"),
+        (dict(init_noise_scale="hot"), "init_noise_scale='hot'"),
     ],
 )
 def test_config_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
         ObjectiveConfig(**kwargs)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "flow_matching"])
+def test_init_noise_scale_scales_where_sampling_starts(kind: str) -> None:
+    """With a model linear in x_t and no clamp, the sampler is linear in its starting noise, so a run
+    started from 0.8 N(0, I) ends at exactly 0.8 times the run from N(0, I) with the same generator (rtol
+    1e-5); the scale never enters the training loss."""
+
+    def model(x, t, c):  # noqa: ANN001, ANN202
+        return 0.5 * x
+
+    cfg = dict(kind=kind, clip_sample=False, num_inference_steps=10)
+    base = DiffusionObjective(ObjectiveConfig(**cfg))
+    cold = DiffusionObjective(ObjectiveConfig(**cfg, init_noise_scale=0.8))
+    a, b = base.sample(model, (64, 3), generator=gen(3)), cold.sample(model, (64, 3), generator=gen(3))
+    assert torch.allclose(b, 0.8 * a, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a, b)
+    x0 = torch.rand(32, 3, generator=gen(4))
+    assert torch.equal(base.loss(model, x0, generator=gen(5))[0], cold.loss(model, x0, generator=gen(5))[0])
 
 
 class TinyDenoiser(nn.Module):

@@ -40,6 +40,7 @@ SAMPLING_KEYS = {
     "objective.timestep_spacing": "spacing",
     "objective.clip_sample": "clip_sample",
     "objective.clip_sample_range": "clip_sample_range",
+    "objective.init_noise_scale": "init_noise_scale",
     "task.eval.guidance_scale": "guidance_scale",
     "policy.candidates": "candidates",
 }

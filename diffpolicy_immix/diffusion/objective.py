@@ -73,6 +73,10 @@ class ObjectiveConfig:
     recompute the predicted noise from the clamped x0."""
     clip_sample_range: float = 1.0
     """Range of that clamp, in units of the (unscaled) data."""
+    init_noise_scale: float = 1.0
+    """Sampling only: sampling starts from ``init_noise_scale * N(0, I)`` (a sampling temperature; below
+    1 the samples concentrate near the modes). The noise that DDPM's ancestral steps add is not scaled.
+    Training never reads it."""
     stats_alpha_bars: tuple[float, ...] = (0.5,)
     """Signal levels at which the miscibility diagnostics measure trajectory mixing."""
 
@@ -112,6 +116,10 @@ class ObjectiveConfig:
             )
         if not self.data_scale > 0:
             raise ValueError(f"objective data_scale={self.data_scale} must be > 0")
+        scale = self.init_noise_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= 10:
+            raise ValueError(f"objective init_noise_scale={scale!r} is invalid; it must lie in (0, 10]")
+        self.init_noise_scale = float(scale)
         self.stats_alpha_bars = tuple(float(a) for a in self.stats_alpha_bars)
 
 
@@ -268,7 +276,8 @@ class DiffusionObjective(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """Draw samples by integrating the reverse process from N(0, I) (never from assigned noise).
+        """Draw samples by integrating the reverse process from ``init_noise_scale * N(0, I)`` (never from
+        assigned noise).
 
         Args:
             model_fn: the trained network, ``model_fn(x_t, t, cond)``.
@@ -281,6 +290,8 @@ class DiffusionObjective(nn.Module):
             device = self.alphas_cumprod.device if generator is None else generator.device
         steps = num_steps or self.cfg.num_inference_steps
         x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        if self.cfg.init_noise_scale != 1.0:
+            x = x * self.cfg.init_noise_scale
         if self.cfg.kind == "flow_matching":
             x = self._sample_euler(model_fn, x, cond, steps)
         else:

@@ -7,7 +7,8 @@ noise = assign(x0, generator=g)         # x0: (B, *dims) -> noise (B, *dims), sa
 ```
 
 Variants for low-dimensional data (docs/assigners.md): ``knn`` with ``keep_norm=True`` (chi(D) norm) or
-``target_reduction=0.05`` (k chosen per batch); ``t_range=(lo, hi)`` on any assigner (read by the
+``target_reduction=0.05`` (k chosen per batch), ``shuffle_pairs=True`` (a control: KNN's noise without the
+pairing); ``t_range=(lo, hi)`` on any assigner (read by the
 objective). Under ``torch.distributed``, ``lsa`` solves over all ranks' batches (``process_group``).
 
 Depends on torch, numpy and scipy only (``lap`` optionally, for a faster exact solver).
@@ -25,6 +26,7 @@ from .assigners import (
     NearestOfK,
     SinkhornAssignment,
     check_batch,
+    derangement,
     knn_bruteforce,
     sinkhorn_plan,
 )
@@ -81,6 +83,7 @@ __all__ = [
     "SinkhornAssignment",
     "available_solver",
     "check_batch",
+    "derangement",
     "expected_gaussian_distance",
     "expected_gaussian_norm",
     "global_lsa_noise",

@@ -41,6 +41,7 @@ __all__ = [
     "SinkhornAssignment",
     "knn_bruteforce",
     "check_batch",
+    "derangement",
     "sinkhorn_plan",
 ]
 
@@ -273,6 +274,12 @@ class NearestOfK(Assigner):
     ``keep_norm`` the target applies to the selection before the norm is replaced. None: fixed ``k``."""
     k_max: int = 4096
     """Largest k ``target_reduction`` may choose (a warning says when it is not enough)."""
+    shuffle_pairs: bool = False
+    """A control, not a method: select each row's noise for *another* row of the batch (partners from a
+    random cyclic derangement, so no row keeps its own sample). Over the batch the selected noise has the
+    distribution it has without this option (the same norm shrinkage), but it is independent of the row it
+    is added to: the shrinkage without the pairing. A batch of one row has no other row and is paired
+    with itself."""
     last_k: float | None = field(default=None, init=False, compare=False)
     """The k used by the last call (None before the first); with ``target_reduction`` the effective k,
     ``k - 1 + p`` (see ``target_reduction``)."""
@@ -293,8 +300,10 @@ class NearestOfK(Assigner):
             raise ValueError(f"knn option method={self.method!r} is invalid; choose one of {self._METHODS}")
         if self.max_elements < 1:
             raise ValueError(f"knn option max_elements={self.max_elements} is invalid; it must be >= 1")
-        if not isinstance(self.keep_norm, bool):
-            raise ValueError(f"knn option keep_norm={self.keep_norm!r} is invalid; it must be true or false")
+        for option in ("keep_norm", "shuffle_pairs"):
+            value = getattr(self, option)
+            if not isinstance(value, bool):
+                raise ValueError(f"knn option {option}={value!r} is invalid; it must be true or false")
         target = self.target_reduction
         if target is not None:
             if isinstance(target, bool) or not isinstance(target, int | float) or not 0.0 < target < 1.0:
@@ -322,6 +331,8 @@ class NearestOfK(Assigner):
         return "bruteforce" if small else "projection"
 
     def _assign(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        if self.shuffle_pairs:
+            x0 = x0[derangement(x0.shape[0], generator, x0.device)]
         if self.target_reduction is not None:
             noise, self.last_k = _knn_projection(
                 x0, self.k, generator, self.keep_norm, self.target_reduction, self.k_max
@@ -333,6 +344,19 @@ class NearestOfK(Assigner):
         if self.resolve_method(x0) == "bruteforce":
             return _knn_bruteforce(x0, self.k, generator, self.max_elements, self.keep_norm)
         return _knn_projection(x0, self.k, generator, self.keep_norm)[0]
+
+
+def derangement(n: int, generator: torch.Generator, device: torch.device | str) -> Tensor:
+    """A random permutation of ``range(n)`` without fixed points for n >= 2 (one random cycle through all
+    n indices); ``[0]`` for n = 1.
+
+    Returns:
+        Tensor, shape (n,), int64: ``partner[i]`` is the row that row i is paired with.
+    """
+    order = torch.randperm(n, generator=generator, device=device)  # (n,)
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(-1)  # each element of the cycle points at the next one
+    return partner
 
 
 def _choose_k(
