@@ -102,6 +102,11 @@ def _collect(cfg: Any) -> None:
     episodes = plain["episodes"] if plain["episodes"] is not None else task["demos"]["episodes"]
     seed = plain["seed"] if plain["seed"] is not None else task["demos"]["seed"]
     out = plain["out"] or task["dataset"]
+    policy = None
+    if plain.get("takeover") is not None:
+        from diffpolicy_immix.app import TakeoverPolicy
+
+        policy = TakeoverPolicy(str(plain["takeover"]), task["env_id"])
     summary = collect_demonstrations(
         task["env_id"],
         out,
@@ -113,18 +118,26 @@ def _collect(cfg: Any) -> None:
         workers=plain["workers"] if plain.get("workers") is not None else task["demos"].get("workers", 1),
         hold_steps=plain["hold_steps"] if plain.get("hold_steps") is not None else task["demos"].get("hold_steps", 0),
         expert_options=plain["expert"] if plain.get("expert") is not None else task["demos"].get("expert", {}),
+        policy=policy,
+        policy_steps=tuple(plain.get("takeover_steps") or (0, 0)),
+        include=plain.get("include"),
     )
+    extra = ""
+    if policy is not None:
+        extra += f"; the policy ended {summary['episodes_ended_by_policy']} episodes before the takeover"
+    if plain.get("include") is not None:
+        extra += f"; {summary['episodes_included']} episodes copied first from {plain['include']}"
     print(
         f"{task['name']}: expert success {summary['episodes_succeeded']}/{summary['episodes_attempted']} "
         f"({100 * summary['success_rate']:.1f}%), mean max score {summary['mean_score']:.3f}; "
         f"stored {summary['episodes_kept']} episodes, {summary['steps']} steps -> {summary['path']} "
-        f"({summary['steps_per_s']:.0f} env steps/s)"
+        f"({summary['steps_per_s']:.0f} env steps/s){extra}"
     )
 
 
 def collect() -> None:
     """``dpi-collect task=<name> episodes=N seed=S [out=PATH] [keep_failed=true] [dart_noise=0.05] [workers=4]
-    [hold_steps=20] [expert={jitter:false}]``."""
+    [hold_steps=20] [expert={jitter:false}] [takeover=CHECKPOINT takeover_steps=[0,40]] [include=STORE]``."""
     run_hydra("dpi_collect", _collect)
 
 

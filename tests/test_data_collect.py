@@ -451,3 +451,91 @@ def test_a_missing_store_is_collected_with_the_tasks_demonstration_options(tmp_p
     path = ensure_demonstrations(task, progress=False)
     with ReplayBuffer.open(path) as buf:
         assert buf.attrs["expert_options"] == {"jitter": False} and buf.attrs["hold_steps"] == 2
+
+
+class DriftPolicy:
+    """Pushes the point by a fixed step, away from where the expert would go; records its resets."""
+
+    name = "drift"
+
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def reset(self, seed: int) -> None:
+        self.seeds.append(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return np.array([0.1, -0.1], np.float32)
+
+
+def test_takeover_stores_the_experts_recovery_from_where_the_policy_left(tmp_path: Path) -> None:
+    """Each episode: the policy acts for k steps, k uniform in [2, 6] and seeded by the episode's seed (so the
+    same in two collections); the stored episode starts at the state the policy left (the obs after k drift
+    steps, compared exactly) and holds the expert's actions only; ``include`` puts a store's episodes first."""
+    clean = tmp_path / "clean.zarr"
+    collect_demonstrations("fake", clean, episodes=3, seed=0, max_steps=40, env_fn=FakeReachEnv,
+                           expert=FakeExpert(), keep_failed=True, progress=False)  # fmt: skip
+    stores = []
+    for name in ("a", "b"):
+        policy = DriftPolicy()
+        out = tmp_path / f"{name}.zarr"
+        stats = collect_demonstrations("fake", out, episodes=6, seed=100, max_steps=40, env_fn=FakeReachEnv,
+                                       expert=FakeExpert(), keep_failed=True, progress=False, policy=policy,
+                                       policy_steps=(2, 6), include=clean)  # fmt: skip
+        assert policy.seeds == list(range(100, 106))
+        assert (
+            stats["episodes_included"] == 3 and stats["episodes_kept"] == 6 and stats["episodes_ended_by_policy"] == 0
+        )
+        stores.append(ReplayBuffer.open(out, in_memory=True))
+    buf, other = stores
+    np.testing.assert_array_equal(buf["obs"][:], other["obs"][:])
+    assert buf.n_episodes == 9
+    assert buf.attrs["episode_seeds"] == [0, 1, 2, *range(100, 106)]
+    assert buf.attrs["takeover"] == {"policy": "drift", "steps": [2, 6]}
+    with ReplayBuffer.open(clean, in_memory=True) as base:
+        for i in range(3):
+            np.testing.assert_array_equal(buf.get_episode(i)["obs"], base.get_episode(i)["obs"])
+    drifts = set()
+    for i, seed in enumerate(range(100, 106)):
+        episode = buf.get_episode(3 + i)
+        env = FakeReachEnv()
+        obs, _ = env.reset(seed=seed)
+        steps = 0
+        while not np.array_equal(obs, episode["obs"][0]) and steps < 7:
+            obs = env.step(np.array([0.1, -0.1], np.float32))[0]
+            steps += 1
+        assert 2 <= steps <= 6, f"episode {seed}: its first stored obs is not 2-6 drift steps from the reset"
+        drifts.add(steps)
+        target, pos = episode["obs"][:, 2:], episode["obs"][:, :2]
+        expert = np.where(target[:, :1] < -0.5, 0.0, np.clip(target - pos, -0.2, 0.2))
+        np.testing.assert_allclose(episode["action"], expert, atol=1e-6)  # the expert's actions only
+    assert len(drifts) > 1  # the takeover step varies between episodes
+
+
+def test_takeover_options_are_checked_before_any_episode(tmp_path: Path) -> None:
+    base = dict(episodes=1, max_steps=40, env_fn=FakeReachEnv, expert=FakeExpert(crash_on_episode=0), progress=False)
+    for steps in ((3, 2), (-1, 2), (1,), (1.5, 2)):
+        with pytest.raises(UserError, match="policy_steps=.* is invalid"):
+            collect_demonstrations("fake", tmp_path / "bad.zarr", policy=DriftPolicy(), policy_steps=steps, **base)
+    with pytest.raises(UserError, match="include=.*missing.zarr does not exist"):
+        collect_demonstrations("fake", tmp_path / "bad.zarr", include=tmp_path / "missing.zarr", **base)
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_episodes_the_policy_finishes_store_nothing(tmp_path: Path) -> None:
+    """A policy that solves an episode before the takeover leaves no expert part: the episode is counted,
+    not stored (here every reachable target is reached within the 40 policy steps)."""
+
+    class Greedy(DriftPolicy):
+        def act(self, obs: np.ndarray) -> np.ndarray:
+            return np.clip(obs[2:] - obs[:2], -0.2, 0.2).astype(np.float32)
+
+    clean = tmp_path / "clean.zarr"
+    collect_demonstrations("fake", clean, episodes=2, seed=0, max_steps=40, env_fn=FakeReachEnv,
+                           expert=FakeExpert(), keep_failed=True, progress=False)  # fmt: skip
+    stats = collect_demonstrations("fake", tmp_path / "t.zarr", episodes=8, seed=10, max_steps=40,
+                                   env_fn=FakeReachEnv, expert=FakeExpert(), progress=False, policy=Greedy(),
+                                   policy_steps=(40, 40), include=clean)  # fmt: skip
+    assert stats["episodes_ended_by_policy"] == 8 and stats["episodes_kept"] == 0
+    with ReplayBuffer.open(tmp_path / "t.zarr") as buf:
+        assert buf.n_episodes == 2

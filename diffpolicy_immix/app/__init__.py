@@ -21,6 +21,7 @@ from .images import ImageRunEvaluator, build_image_model, check_image_task, imag
 from .policy import (
     PolicyEvalConfig,
     PolicyEvaluator,
+    TakeoverPolicy,
     apply_task_overrides,
     build_policy,
     check_env,
@@ -38,6 +39,7 @@ __all__ = [
     "PolicyEvalConfig",
     "PolicyEvaluator",
     "RunParts",
+    "TakeoverPolicy",
     "apply_sampling",
     "apply_task_overrides",
     "assign_label",

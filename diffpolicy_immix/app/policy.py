@@ -23,6 +23,7 @@ from .config import make_objective, require
 __all__ = [
     "PolicyEvalConfig",
     "PolicyEvaluator",
+    "TakeoverPolicy",
     "apply_task_overrides",
     "build_policy",
     "check_env",
@@ -216,6 +217,44 @@ def ensure_demonstrations(task: dict[str, Any], progress: bool = True) -> Path:
         f"{summary['episodes_kept']} episodes -> {path}"
     )
     return path
+
+
+class TakeoverPolicy:
+    """A trained policy acting on one env before its expert takes over (``dpi-collect takeover=...``).
+
+    ``reset(seed)`` clears the policy's observation and action queues and seeds its sampling noise with
+    the episode's seed; ``act(obs)`` is one receding-horizon step (a chunk is predicted every
+    ``n_action_steps`` calls), numpy in and out.
+
+    Args:
+        checkpoint: a policy run's ``checkpoints/latest.pt`` or weights-only ``.safetensors`` file.
+        env_id: the task collected; the checkpoint must be a policy for it.
+    """
+
+    def __init__(self, checkpoint: str | Path, env_id: str, device: str | torch.device = "cpu") -> None:
+        from .run import load_model
+
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise MissingInputError(f"takeover={path} does not exist")
+        self.model, cfg = load_model(path, device=device)
+        task = cfg["task"]
+        if task.get("kind", "policy") != "policy":
+            raise UserError(f"takeover={path} holds a {task.get('kind')} model, not a policy")
+        if str(task.get("env_id")) != str(env_id):
+            raise UserError(f"takeover={path} is a policy for {task.get('env_id')}, not for {env_id}")
+        self.name = f"{path}"
+        self.device = torch.device(device)
+        self._generator = torch.Generator(device=self.device)
+
+    def reset(self, seed: int) -> None:
+        self.model.reset()
+        self._generator.manual_seed(int(seed))
+
+    @torch.no_grad()
+    def act(self, obs: Any) -> Any:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)  # (1, Do)
+        return self.model.select_action(obs_t, generator=self._generator)[0].cpu().numpy()
 
 
 def unreadable_store_error(path: str | Path, err: BaseException) -> UserError:

@@ -26,6 +26,16 @@ success step never show what to do once the goal is reached; a policy trained on
 through it. During those steps the env's ``terminated`` is ignored while ``info["success"]`` holds; a
 termination without success, or a truncation, still ends the episode.
 
+With a ``policy`` (a trained policy, e.g. ``dpi-collect ... takeover=CHECKPOINT``) each episode starts with
+the policy in control for a number of steps drawn uniformly from ``policy_steps`` (per episode, seeded
+by the episode's seed); then the expert takes over from wherever the policy left the system, and only the
+expert's part is stored. This is the data-aggregation idea of DAgger (Ross et al., 2011) in its
+takeover form: the store shows the expert recovering from the states the policy itself drifts into,
+which clean demonstrations never visit. The first stored observation is the takeover state (a policy
+trained on the store repeats it as its history, as at the start of any episode). An episode that the
+policy ends on its own (success or termination) before the takeover stores nothing. ``include`` copies
+the episodes of an existing store (e.g. the clean demonstrations) into the new store first.
+
 An episode succeeds if any step's ``info["success"]`` is true; its score is the maximum
 ``info["score"]`` (the reward when absent). By default only successful episodes are stored (the
 attributes record how many were attempted). The store is written atomically: nothing appears at
@@ -93,6 +103,7 @@ class _Tally:
     kept_success: list[bool] = field(default_factory=list)
     steps_total: int = 0
     steps_kept: int = 0
+    policy_ended: int = 0  # episodes the policy ended before the expert took over
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -156,23 +167,45 @@ class _EpisodeRules:
     dart_noise: float = 0.0
     hold_steps: int = 0
     expert_options: tuple[tuple[str, Any], ...] = ()  # keyword arguments of the task's make_expert
+    policy_steps: tuple[int, int] = (0, 0)  # policy steps before the expert takes over, drawn in [lo, hi]
 
     def perturbation(self, space: Any, ep_seed: int) -> _Perturbation | None:
         return _Perturbation(space, self.dart_noise, ep_seed) if self.dart_noise > 0 else None
 
 
+def _policy_prefix(
+    env: Any, policy: Any, rules: _EpisodeRules, ep_seed: int, obs: Any, info: dict
+) -> tuple[Any, dict, int, bool]:
+    """The policy's steps before the takeover: (observation, info, steps taken, whether the episode ended)."""
+    lo, hi = rules.policy_steps
+    steps = min(int(np.random.default_rng([ep_seed, 0x7A4E]).integers(lo, hi + 1)), rules.limit)
+    policy.reset(ep_seed)
+    for taken in range(1, steps + 1):
+        obs, _, terminated, truncated, info = env.step(policy.act(obs))
+        if terminated or truncated:
+            return obs, info, taken, True
+    return obs, info, steps, False
+
+
 def _run_episode(
-    env: Any, expert: Any, rules: _EpisodeRules, index: int, ep_seed: int, state: dict
-) -> tuple[dict[str, np.ndarray], bool, float]:
+    env: Any, expert: Any, rules: _EpisodeRules, index: int, ep_seed: int, state: dict, policy: Any = None
+) -> tuple[dict[str, np.ndarray] | None, bool, float]:
     """One expert episode: (arrays (T, ...) of obs, action and stored info keys, success, max score).
     With DART noise the env executes the perturbed action while the clean action is recorded; with
-    ``hold_steps`` the episode records that many steps past its first success (module docstring).
+    ``hold_steps`` the episode records that many steps past its first success; with a ``policy`` the
+    policy acts first and the expert's part is recorded, None when the policy ended the episode (module
+    docstring).
 
     ``state["stored_info"]`` (the info keys stored, decided on the first episode) is filled here.
     """
     env_id, info_keys, hold_steps = rules.env_id, rules.info_keys, rules.hold_steps
     perturb = rules.perturbation(env.action_space, ep_seed)
     obs, info = env.reset(seed=ep_seed)
+    taken = 0
+    if policy is not None:
+        obs, info, taken, ended = _policy_prefix(env, policy, rules, ep_seed, obs, info)
+        if ended:
+            return None, False, -np.inf
     expert.reset(env)
     first = state.get("stored_info") is None
     obs_names = list(obs) if isinstance(obs, Mapping) else ["obs"]
@@ -183,7 +216,7 @@ def _run_episode(
     rows: dict[str, list[np.ndarray]] = {**{k: [] for k in obs_names}, "action": [], **{k: [] for k in stored}}
     success, score = False, -np.inf
     held: int | None = None  # steps recorded since the first success (hold_steps > 0 only)
-    for _ in range(rules.limit):
+    for _ in range(rules.limit - taken):
         action = expert.act(env, obs)
         if isinstance(obs, Mapping):  # images stay uint8 (H, W, C); vectors as they come (float64 cast below)
             for k in obs_names:
@@ -242,11 +275,12 @@ def _episodes(
     seed: int,
     state: dict,
     workers: int,
-) -> Iterator[tuple[dict[str, np.ndarray], bool, float]]:
+    policy: Any = None,
+) -> Iterator[tuple[dict[str, np.ndarray] | None, bool, float]]:
     """The episodes in index order: run here one by one, or by ``workers`` spawned processes."""
     if workers <= 1:
         for i in range(episodes):
-            yield _run_episode(env, make_expert(seed + i), rules, i, seed + i, state)
+            yield _run_episode(env, make_expert(seed + i), rules, i, seed + i, state, policy)
         return
     jobs = [(rules, i, seed + i) for i in range(episodes)]
     context = multiprocessing.get_context("spawn")
@@ -254,6 +288,36 @@ def _episodes(
         for episode, success, score, stored in pool.map(_worker_episode, jobs):
             state.setdefault("stored_info", stored)
             yield episode, success, score
+
+
+def _plain_list(value: Any) -> Any:
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+
+
+def _open_included(include: str | os.PathLike[str] | None) -> ReplayBuffer | None:
+    if include is None:
+        return None
+    path = Path(include)
+    if not path.exists():
+        raise UserError(f"include={path} does not exist")
+    try:
+        return ReplayBuffer.open(path)
+    except Exception as err:  # noqa: BLE001 - any reason the store cannot be read is an input error here
+        raise UserError(f"include={path}: not a readable store ({str(err).strip().splitlines()[0]})") from err
+
+
+def _copy_included(included: ReplayBuffer | None, writer: Any) -> tuple[list[int], list[bool]]:
+    """Copy every episode of ``included`` into ``writer``; the (seed, success) it records for them (-1 and
+    True where it records none)."""
+    if included is None:
+        return [], []
+    n = included.n_episodes
+    seeds = list(included.attrs.get("episode_seeds") or [])
+    success = list(included.attrs.get("episode_success") or [])
+    for episode in included.episodes():
+        writer.add_episode(episode)
+    seeds = [int(s) for s in seeds] if len(seeds) == n else [-1] * n
+    return seeds, [bool(s) for s in success] if len(success) == n else [True] * n
 
 
 def _remove_leftovers(out_path: Path) -> None:
@@ -281,6 +345,9 @@ def collect_demonstrations(
     workers: int = 1,
     hold_steps: int = 0,
     expert_options: Mapping[str, Any] | None = None,
+    policy: Any = None,
+    policy_steps: tuple[int, int] = (0, 0),
+    include: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Roll out the scripted expert of ``env_id`` and write its episodes to ``out_path``.
 
@@ -310,6 +377,13 @@ def collect_demonstrations(
             docstring); 0 ends the episode where the env does.
         expert_options: keyword arguments for the built-in expert (``make_expert(env_id, seed=...,
             **expert_options)``), e.g. ``{"jitter": False}`` for the push planners; recorded in the store.
+        policy: acts before the expert takes over (module docstring): an object with ``name``,
+            ``reset(seed)`` (called per episode with its seed) and ``act(obs) -> action``. Needs
+            ``workers=1``.
+        policy_steps: ``(lo, hi)``: the policy acts for a number of steps drawn uniformly from
+            ``lo..hi`` (inclusive) per episode, then the expert takes over.
+        include: an existing store whose episodes are copied into the new store first (the same keys);
+            ``episodes`` counts only the new ones.
 
     Returns:
         ``{"path", "episodes_attempted", "episodes_succeeded", "episodes_kept", "success_rate",
@@ -330,6 +404,20 @@ def collect_demonstrations(
         raise UserError(f"workers={workers!r} must be an integer >= 1")
     if isinstance(hold_steps, bool) or not isinstance(hold_steps, int) or hold_steps < 0:
         raise UserError(f"hold_steps={hold_steps!r} must be an integer >= 0 (steps recorded after success)")
+    if policy is not None:
+        lo_hi = tuple(policy_steps) if isinstance(policy_steps, Sequence) else ()
+        if (
+            len(lo_hi) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in lo_hi)
+            or not (0 <= lo_hi[0] <= lo_hi[1])
+        ):
+            raise UserError(f"policy_steps={_plain_list(policy_steps)!r} is invalid; give [lo, hi] with 0 <= lo <= hi")
+        policy_steps = (int(lo_hi[0]), int(lo_hi[1]))
+        if workers > 1:
+            raise UserError(f"workers={workers}: collecting with a policy in control first needs workers=1")
+    else:
+        policy_steps = (0, 0)
+    included = _open_included(include)
     if workers > 1 and (env_fn is not None or expert is not None):
         raise UserError(
             f"workers={workers} needs the task's built-in env and expert; pass env_fn/expert with workers=1"
@@ -362,8 +450,17 @@ def collect_demonstrations(
             "hold_steps": int(hold_steps),
             "expert_options": options,
         }
+        if policy is not None:
+            name = str(getattr(policy, "name", type(policy).__name__))
+            attrs["takeover"] = {"policy": name, "steps": list(policy_steps)}
         rules = _EpisodeRules(
-            env_id, int(limit), tuple(info_keys), float(dart_noise), hold_steps, tuple(sorted(options.items()))
+            env_id,
+            int(limit),
+            tuple(info_keys),
+            float(dart_noise),
+            hold_steps,
+            tuple(sorted(options.items())),
+            policy_steps,
         )
         tally, state, shapes = _Tally(), {}, {}
         spaces = getattr(getattr(env, "observation_space", None), "spaces", None)
@@ -376,14 +473,19 @@ def collect_demonstrations(
                 chunk_steps = {k: IMAGE_CHUNK_STEPS for k in images}
         t0 = time.perf_counter()
         with ReplayBuffer.create_writer(out_path, attrs, chunk_steps=chunk_steps, overwrite=overwrite) as writer:
+            included_seeds, included_success = _copy_included(included, writer)
             bar = tqdm(
-                _episodes(env, make_expert, rules, episodes, seed, state, workers),
+                _episodes(env, make_expert, rules, episodes, seed, state, workers, policy),
                 total=episodes,
                 desc=f"collect {env_id}" + (f" ({workers} workers)" if workers > 1 else ""),
                 unit="ep",
                 disable=not progress,
             )
             for i, (episode, success, score) in enumerate(bar):
+                if episode is None:  # the policy ended the episode before the takeover
+                    tally.attempted += 1
+                    tally.policy_ended += 1
+                    continue
                 length = len(episode["action"])
                 tally.attempted += 1
                 tally.steps_total += length
@@ -401,7 +503,7 @@ def collect_demonstrations(
             bar.close()
             seconds = time.perf_counter() - t0
             summary = tally.summary()
-            if not tally.kept_seeds:
+            if not tally.kept_seeds and not included_seeds:
                 raise UserError(
                     f"{env_id}: 0 of {episodes} episodes succeeded (seeds {seed}..{seed + episodes - 1}); "
                     f"nothing written to {out_path} (pass keep_failed=True to store failures)"
@@ -409,21 +511,27 @@ def collect_demonstrations(
             writer.update_attrs(
                 {
                     **summary,
-                    "episode_seeds": tally.kept_seeds,
-                    "episode_success": tally.kept_success,
+                    "episode_seeds": included_seeds + tally.kept_seeds,
+                    "episode_success": included_success + tally.kept_success,
                     "info_keys": state.get("stored_info") or [],
                     **shapes,
                     "collect_seconds": round(seconds, 3),
+                    **({"included": {"path": str(include), "episodes": len(included_seeds)}} if included else {}),
+                    **({"episodes_ended_by_policy": tally.policy_ended} if policy is not None else {}),
                 }
             )
     finally:
         env.close()
+        if included is not None:
+            included.close()
     return {
         "path": str(out_path),
         **summary,
         "steps": tally.steps_kept,
         "steps_total": tally.steps_total,
-        "mean_episode_length": tally.steps_kept / len(tally.kept_seeds),
+        "mean_episode_length": tally.steps_kept / max(len(tally.kept_seeds), 1),
+        "episodes_included": len(included_seeds),
+        "episodes_ended_by_policy": tally.policy_ended,
         "seconds": seconds,
         "steps_per_s": tally.steps_total / max(seconds, 1e-9),
     }
