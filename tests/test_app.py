@@ -194,3 +194,30 @@ def test_an_interrupted_image_run_resumes_bit_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(v, got["model"][k]) for k, v in ref["model"].items())
     assert all(torch.equal(v, got["ema"]["model"][k]) for k, v in ref["ema"]["model"].items())
     assert int(got["model"]["label_dropout_draws"]) == 5
+
+
+def test_task_normalizer_selects_z_scored_actions(tmp_path):
+    """``task.normalizer={action: gaussian}`` fits the action key by z-score (normalized training actions
+    with mean 0 and std 1 within 1e-3) and leaves the observations at min/max (within [-1, 1]); z-scored
+    actions under the default +-1 clamp of the predicted chunk are refused in one line before any data
+    is read."""
+    from diffpolicy_immix.app import build_run
+    from diffpolicy_immix.data import ReplayBuffer
+
+    store = tmp_path / "ra.zarr"
+    collect_demonstrations("reach_around", store, 4, seed=0, progress=False)
+    base = ["task=reach_around", f"task.dataset={store}", "task.eval.episodes=null", f"out_dir={tmp_path / 'r'}"]
+    cfg = compose_run_config([*base, "task.normalizer={action: gaussian}", "objective.clip_sample_range=5"])
+    norm = build_run(cfg).model.normalizer
+    with ReplayBuffer.open(store, in_memory=True) as buf:
+        action, obs = torch.as_tensor(buf["action"][:]), torch.as_tensor(buf["obs"][:])
+    z = norm.normalize("action", action)
+    assert torch.allclose(z.mean(0), torch.zeros(2), atol=1e-3) and torch.allclose(
+        z.std(0, unbiased=False), torch.ones(2), atol=1e-3
+    )
+    o = norm.normalize("obs", obs)
+    assert float(o.min()) >= -1 - 1e-5 and float(o.max()) <= 1 + 1e-5
+    with pytest.raises(UserError, match=r"objective.clip_sample_range=1 would cut every chunk"):
+        build_run(compose_run_config([*base, "task.dataset=missing.zarr", "task.normalizer=gaussian"]))
+    with pytest.raises(UserError, match=r"task.normalizer.action='minmax' is invalid"):
+        build_run(compose_run_config([*base, "task.normalizer={action: minmax}"]))

@@ -28,6 +28,7 @@ __all__ = [
     "build_policy",
     "check_env",
     "ensure_demonstrations",
+    "normalizer_mode",
     "open_policy_datasets",
     "policy_config",
     "unreadable_store_error",
@@ -112,6 +113,35 @@ def policy_config(cfg: dict[str, Any]) -> Any:
         lowdim = [str(k) for k in task.get("obs_keys") or [] if str(k) not in images]
         shape.update(image_keys=tuple(images), obs_keys=tuple(lowdim))
     return PolicyConfig(**shape, **net)
+
+
+NORMALIZER_MODES = ("limits", "gaussian")
+
+
+def normalizer_mode(cfg: dict[str, Any]) -> str | dict[str, str]:
+    """The low-dim normalization of a policy task, ``task.normalizer``: ``limits`` (default: per-dimension
+    min/max to [-1, 1]) or ``gaussian`` (z-score), for both keys or per key (``{action: gaussian}``).
+
+    Raises:
+        UserError: an unknown mode or key, or z-scored actions with the objective's clamp of the predicted
+            chunk at +-1 (which would cut the chunk at one standard deviation).
+    """
+    value = cfg["task"].get("normalizer") or "limits"
+    modes = dict(value) if isinstance(value, dict) else {"obs": value, "action": value}
+    for key, mode in modes.items():
+        if key not in ("obs", "action"):
+            raise UserError(f"task.normalizer: unknown key {key!r}; valid keys: obs, action")
+        if mode not in NORMALIZER_MODES:
+            raise UserError(f"task.normalizer.{key}={mode!r} is invalid; choose one of {NORMALIZER_MODES}")
+    objective = cfg.get("objective") or {}
+    if modes.get("action", "limits") == "gaussian" and objective.get("clip_sample", True):
+        clip = float(objective.get("clip_sample_range") or 1.0)
+        if clip < 3:
+            raise UserError(
+                f"task.normalizer: z-scored actions with objective.clip_sample_range={clip:g} would cut every "
+                "chunk at that many standard deviations; set objective.clip_sample_range=5 (or clip_sample=false)"
+            )
+    return modes if isinstance(value, dict) else str(value)
 
 
 EVAL_TASK_OVERRIDES = (

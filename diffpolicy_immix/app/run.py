@@ -26,7 +26,14 @@ from diffpolicy_immix.training import EvaluateFn, Trainer, load_checkpoint, load
 
 from .config import TASK_KINDS, apply_sampling, check_sampling, default_out_dir, resume_target, train_config
 from .images import build_image_model, image_parts
-from .policy import PolicyEvaluator, apply_task_overrides, build_policy, open_policy_datasets, policy_config
+from .policy import (
+    PolicyEvaluator,
+    apply_task_overrides,
+    build_policy,
+    normalizer_mode,
+    open_policy_datasets,
+    policy_config,
+)
 
 __all__ = ["RunParts", "build_run", "load_model", "run_training"]
 
@@ -68,12 +75,13 @@ def build_run(cfg: dict[str, Any], out_dir: Path | None = None) -> RunParts:
     with _input_errors("run"):
         seed_everything(int(cfg["seed"]))  # fixes the initial weights
         if kind == "policy":
+            mode = normalizer_mode(cfg)  # checked before any data is read
             evaluate = None
             if (cfg["task"].get("eval") or {}).get("episodes"):
                 evaluate = PolicyEvaluator(cfg, out_dir)
             train_ds, val_ds = open_policy_datasets(cfg)  # runs the pre-flight checks (env vs data)
             pcfg = policy_config(cfg)  # validated before the normalizer reads the windows
-            normalizer = train_ds.get_normalizer(action_origin=pcfg.action_origin)
+            normalizer = train_ds.get_normalizer(mode=mode, action_origin=pcfg.action_origin)
             model = build_policy(cfg, train_ds.obs_dim, train_ds.action_dim, normalizer)
             return RunParts(model, train_ds, val_ds, evaluate)
         model, train_ds, evaluate = image_parts(cfg, out_dir)
