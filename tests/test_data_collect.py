@@ -519,6 +519,9 @@ def test_takeover_options_are_checked_before_any_episode(tmp_path: Path) -> None
             collect_demonstrations("fake", tmp_path / "bad.zarr", policy=DriftPolicy(), policy_steps=steps, **base)
     with pytest.raises(UserError, match="include=.*missing.zarr does not exist"):
         collect_demonstrations("fake", tmp_path / "bad.zarr", include=tmp_path / "missing.zarr", **base)
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(UserError, match="include=.*empty.zarr: not a readable store"):
+        collect_demonstrations("fake", tmp_path / "bad.zarr", include=tmp_path / "empty.zarr", **base)
     assert not (tmp_path / "bad.zarr").exists()
 
 

@@ -58,6 +58,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffpolicy_immix.data.replay_buffer import ReplayBuffer
+from diffpolicy_immix.data.validation import DatasetError
 from diffpolicy_immix.errors import MissingExtraError, UserError
 from diffpolicy_immix.utils.io import remove_stale_temps
 
@@ -302,7 +303,7 @@ def _open_included(include: str | os.PathLike[str] | None) -> ReplayBuffer | Non
         raise UserError(f"include={path} does not exist")
     try:
         return ReplayBuffer.open(path)
-    except Exception as err:  # noqa: BLE001 - any reason the store cannot be read is an input error here
+    except (DatasetError, OSError) as err:  # a bad layout or an unreadable file: an input error
         raise UserError(f"include={path}: not a readable store ({str(err).strip().splitlines()[0]})") from err
 
 
