@@ -103,9 +103,19 @@ def _collect(cfg: Any) -> None:
     seed = plain["seed"] if plain["seed"] is not None else task["demos"]["seed"]
     out = plain["out"] or task["dataset"]
     policy = None
+    steps = plain.get("takeover_steps") or [0, 0]
     if plain.get("takeover") is not None:
         from diffpolicy_immix.app import TakeoverPolicy
 
+        if (
+            not (
+                isinstance(steps, list)
+                and len(steps) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in steps)
+            )
+            or not 0 <= steps[0] <= steps[1]
+        ):
+            raise UserError(f"takeover_steps={steps!r} is invalid; give [lo, hi] with 0 <= lo <= hi")
         policy = TakeoverPolicy(str(plain["takeover"]), task["env_id"])
     summary = collect_demonstrations(
         task["env_id"],
@@ -119,7 +129,7 @@ def _collect(cfg: Any) -> None:
         hold_steps=plain["hold_steps"] if plain.get("hold_steps") is not None else task["demos"].get("hold_steps", 0),
         expert_options=plain["expert"] if plain.get("expert") is not None else task["demos"].get("expert", {}),
         policy=policy,
-        policy_steps=tuple(plain.get("takeover_steps") or (0, 0)),
+        policy_steps=tuple(steps),
         include=plain.get("include"),
     )
     extra = ""
