@@ -103,19 +103,12 @@ def _collect(cfg: Any) -> None:
     seed = plain["seed"] if plain["seed"] is not None else task["demos"]["seed"]
     out = plain["out"] or task["dataset"]
     policy = None
-    steps = plain.get("takeover_steps") or [0, 0]
+    steps = (0, 0)
     if plain.get("takeover") is not None:
         from diffpolicy_immix.app import TakeoverPolicy
+        from diffpolicy_immix.data.collect import step_range
 
-        if (
-            not (
-                isinstance(steps, list)
-                and len(steps) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in steps)
-            )
-            or not 0 <= steps[0] <= steps[1]
-        ):
-            raise UserError(f"takeover_steps={steps!r} is invalid; give [lo, hi] with 0 <= lo <= hi")
+        steps = step_range(plain.get("takeover_steps"), "takeover_steps")
         policy = TakeoverPolicy(str(plain["takeover"]), task["env_id"])
     summary = collect_demonstrations(
         task["env_id"],
@@ -129,7 +122,7 @@ def _collect(cfg: Any) -> None:
         hold_steps=plain["hold_steps"] if plain.get("hold_steps") is not None else task["demos"].get("hold_steps", 0),
         expert_options=plain["expert"] if plain.get("expert") is not None else task["demos"].get("expert", {}),
         policy=policy,
-        policy_steps=tuple(steps),
+        policy_steps=steps,
         include=plain.get("include"),
     )
     extra = ""

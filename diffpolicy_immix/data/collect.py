@@ -62,7 +62,7 @@ from diffpolicy_immix.data.validation import DatasetError
 from diffpolicy_immix.errors import MissingExtraError, UserError
 from diffpolicy_immix.utils.io import remove_stale_temps
 
-__all__ = ["IMAGE_CHUNK_STEPS", "collect_demonstrations"]
+__all__ = ["IMAGE_CHUNK_STEPS", "collect_demonstrations", "step_range"]
 
 #: time steps per zarr chunk of an image observation key (8 frames of 96 x 96 x 3 = 221 KB raw)
 IMAGE_CHUNK_STEPS = 8
@@ -291,8 +291,18 @@ def _episodes(
             yield episode, success, score
 
 
-def _plain_list(value: Any) -> Any:
-    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+def step_range(value: Any, name: str) -> tuple[int, int]:
+    """``value`` as ``(lo, hi)``, two integers with ``0 <= lo <= hi``; a one-line ``UserError`` naming ``name``
+    otherwise (``policy_steps`` here, ``takeover_steps`` on the command line)."""
+    pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+    if not (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        and 0 <= pair[0] <= pair[1]
+    ):
+        raise UserError(f"{name}={pair!r} is invalid; give [lo, hi] with 0 <= lo <= hi")
+    return int(pair[0]), int(pair[1])
 
 
 def _open_included(include: str | os.PathLike[str] | None) -> ReplayBuffer | None:
@@ -406,14 +416,7 @@ def collect_demonstrations(
     if isinstance(hold_steps, bool) or not isinstance(hold_steps, int) or hold_steps < 0:
         raise UserError(f"hold_steps={hold_steps!r} must be an integer >= 0 (steps recorded after success)")
     if policy is not None:
-        lo_hi = tuple(policy_steps) if isinstance(policy_steps, Sequence) else ()
-        if (
-            len(lo_hi) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in lo_hi)
-            or not (0 <= lo_hi[0] <= lo_hi[1])
-        ):
-            raise UserError(f"policy_steps={_plain_list(policy_steps)!r} is invalid; give [lo, hi] with 0 <= lo <= hi")
-        policy_steps = (int(lo_hi[0]), int(lo_hi[1]))
+        policy_steps = step_range(policy_steps, "policy_steps")
         if workers > 1:
             raise UserError(f"workers={workers}: collecting with a policy in control first needs workers=1")
     else:
