@@ -8,7 +8,8 @@ noise = assign(x0, generator=g)         # x0: (B, *dims) -> noise (B, *dims), sa
 
 Variants for low-dimensional data (docs/assigners.md): ``knn`` with ``keep_norm=True`` (chi(D) norm) or
 ``target_reduction=0.05`` (k chosen per batch), ``shuffle_pairs=True`` (a control: KNN's noise without the
-pairing); ``t_range=(lo, hi)`` on any assigner (read by the
+pairing); ``none`` with ``scale=0.935`` (a control: plain noise as short as KNN k=2's at D = 32, on average);
+``t_range=(lo, hi)`` on any assigner (read by the
 objective). Under ``torch.distributed``, ``lsa`` solves over all ranks' batches (``process_group``).
 
 Depends on torch, numpy and scipy only (``lap`` optionally, for a faster exact solver).
@@ -50,7 +51,7 @@ def make_assigner(name: str, **options: Any) -> Assigner:
         name: one of ``ASSIGNERS`` ("none", "lsa", "knn", "sinkhorn").
         **options: the assigner's options (e.g. ``k=8``, ``keep_norm=True``, ``target_reduction=0.05`` for
             knn; ``cost="sqeuclidean"``, ``process_group=None`` for lsa; ``reg=0.05`` for sinkhorn;
-            ``seed``, ``t_range`` for all). An option of another assigner is a one-line ValueError.
+            ``scale=0.935`` for none; ``seed``, ``t_range`` for all). An option of another assigner is a one-line ValueError.
     Returns:
         A callable ``assign(x0, generator=None) -> noise``.
     """
