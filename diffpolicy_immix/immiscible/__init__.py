@@ -51,7 +51,8 @@ def make_assigner(name: str, **options: Any) -> Assigner:
         name: one of ``ASSIGNERS`` ("none", "lsa", "knn", "sinkhorn").
         **options: the assigner's options (e.g. ``k=8``, ``keep_norm=True``, ``target_reduction=0.05`` for
             knn; ``cost="sqeuclidean"``, ``process_group=None`` for lsa; ``reg=0.05`` for sinkhorn;
-            ``scale=0.935`` for none; ``seed``, ``t_range`` for all). An option of another assigner is a one-line ValueError.
+            ``scale=0.935`` for none; ``seed``, ``t_range`` for all). An option of another assigner is a
+            one-line ValueError.
     Returns:
         A callable ``assign(x0, generator=None) -> noise``.
     """
