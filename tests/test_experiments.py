@@ -316,11 +316,11 @@ def test_every_packaged_experiment_composes(tmp_path):
 def test_a_task_recipe_selects_its_assigner_and_the_command_line_wins():
     recipe = compose_run_config(["task=pusht"])["assign"]
     assert (recipe["name"], recipe["k"], recipe["keep_norm"]) == ("knn", 2, False)
-    assert compose_run_config(["task=pusht", "assign=none"])["assign"] == {"name": "none"}
+    assert compose_run_config(["task=pusht", "assign=none"])["assign"] == {"name": "none", "scale": 1.0}
     assert compose_run_config(["task=pusht", "assign=knn"])["assign"]["k"] == 4  # the knn preset's own k
     assert compose_run_config(["task=pusht", "assign.k=8"])["assign"]["k"] == 8
     for task in ("reach_around", "point_maze", "push_block"):
-        assert compose_run_config([f"task={task}"])["assign"] == {"name": "none"}
+        assert compose_run_config([f"task={task}"])["assign"] == {"name": "none", "scale": 1.0}
 
 
 def test_plan_runs_differ_only_by_method_and_refuse_a_changed_run(tmp_path):
