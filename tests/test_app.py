@@ -221,3 +221,20 @@ def test_task_normalizer_selects_z_scored_actions(tmp_path):
         build_run(compose_run_config([*base, "task.dataset=missing.zarr", "task.normalizer=gaussian"]))
     with pytest.raises(UserError, match=r"task.normalizer.action='minmax' is invalid"):
         build_run(compose_run_config([*base, "task.normalizer={action: minmax}"]))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("assign.scale=0", "none option scale=0 is invalid"), ("assign=knn assign.k=0", "knn option k=0 is invalid")],
+)
+def test_a_bad_assigner_option_stops_before_demonstrations_are_collected(tmp_path, override, message):
+    """dpi-train on a task whose demonstrations are missing: a bad assigner option is a one-line input
+    error raised before the store is collected (nothing is written)."""
+    store = tmp_path / "never.zarr"
+    cfg = compose_run_config(
+        ["task=reach_around", f"task.dataset={store}", f"out_dir={tmp_path / 'r'}", *override.split()]
+    )
+    with pytest.raises(UserError, match=message) as info:
+        run_training(cfg)
+    assert "\n" not in str(info.value)
+    assert not store.exists() and not (tmp_path / "r").exists()

@@ -24,7 +24,15 @@ from torch import nn
 from diffpolicy_immix.errors import UserError
 from diffpolicy_immix.training import EvaluateFn, Trainer, load_checkpoint, load_weights, seed_everything
 
-from .config import TASK_KINDS, apply_sampling, check_sampling, default_out_dir, resume_target, train_config
+from .config import (
+    TASK_KINDS,
+    apply_sampling,
+    check_sampling,
+    default_out_dir,
+    make_objective,
+    resume_target,
+    train_config,
+)
 from .images import build_image_model, image_parts
 from .policy import (
     PolicyEvaluator,
@@ -93,6 +101,8 @@ def run_training(cfg: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(cfg["out_dir"]) if cfg.get("out_dir") else default_out_dir(cfg)
     with _input_errors("train"):
         tcfg = train_config(cfg)  # validated before any data or model work
+        # the objective and its assigner too: a bad option stops before demonstrations are collected
+        make_objective(cfg.get("objective") or {}, cfg.get("assign") or {}, cfg["task"])
     resume = resume_target(cfg.get("resume", False))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
