@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from diffpolicy_immix.experiments.aggregate import diff_ci, mean_ci
+from diffpolicy_immix.utils.io import atomic_write
 
 
 def _read(path: Path, split: str, setting: str, metric: str) -> dict[str, dict[int, float]]:
@@ -88,13 +89,11 @@ def main() -> None:
             print(line)
 
     if args.out:
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_write(args.out, newline="") as f:
             w = csv.writer(f)
             w.writerow(["method", "seed", "block", args.metric])
             for (b, m), x in table.items():
                 w.writerows([m, s, b, f"{v:.4f}"] for s, v in zip(seeds, x))
-        tmp.replace(args.out)
         print(f"\nper-seed table: {args.out}")
 
 
