@@ -61,3 +61,36 @@ def test_unknown_setting_is_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "no validation rows at setting 'sampler=ddpm'" in result.stderr
+
+
+def test_sweep_mode_pools_each_methods_chosen_setting(tmp_path: Path) -> None:
+    # none chose setting A, x chose B; rows at the setting a method did not choose must be ignored.
+    rows = [
+        ("none", 0, "validation", "A", 0.6, 1),
+        ("none", 0, "validation", "B", 0.9, 0),
+        ("none", 0, "test", "A", 0.75, 1),
+        ("x", 0, "validation", "A", 0.1, 0),
+        ("x", 0, "validation", "B", 0.8, 1),
+        ("x", 0, "test", "B", 0.8, 1),
+    ]
+    rows += [(m, 1, split, st, v - 0.1, c) for m, _, split, st, v, c in rows]
+    path = tmp_path / "sampling_sweep.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "seed", "split", "setting", "mean_max_reward", "chosen"])
+        w.writerows(rows)
+    cmd = [sys.executable, str(SCRIPT), "--sweep", str(path), "--episodes", "50", "100"]
+    result = subprocess.run([*cmd, "--out", str(tmp_path / "pooled.csv")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with (tmp_path / "pooled.csv").open() as f:
+        table = {(r["method"], int(r["seed"]), r["block"]): float(r["mean_max_reward"]) for r in csv.DictReader(f)}
+    assert table[("none", 0, "validation (50)")] == pytest.approx(0.6, abs=1e-4)
+    assert table[("x", 0, "validation (50)")] == pytest.approx(0.8, abs=1e-4)
+    assert table[("none", 0, "validation + test (150)")] == pytest.approx((50 * 0.6 + 100 * 0.75) / 150, abs=1e-4)
+    assert table[("x", 1, "validation + test (150)")] == pytest.approx((50 * 0.7 + 100 * 0.7) / 150, abs=1e-4)
+    # x - none pooled: seed 0 0.8 - 0.7 = 0.1, seed 1 0.7 - 0.6 = 0.1.
+    assert "vs none +0.100" in result.stdout
+
+    mixed = subprocess.run([*cmd, "--setting", "A"], capture_output=True, text=True, timeout=120)
+    assert mixed.returncode != 0 and mixed.stderr.strip().count("\n") == 0
+    assert "--sweep takes --episodes VAL TEST" in mixed.stderr
