@@ -4,7 +4,7 @@
 #
 #   digits_32  (<= 6 min)   dpi-compare experiment=digits_32: vanilla vs KNN k=8 on digits upsampled to 32x32
 #                           (1024 dims), 3 seeds, each at its own guidance chosen on validation: about 25
-#                           core-hours on a CPU, minutes on a GPU
+#                           core-hours on a CPU, expected to take minutes on a GPU
 #   checks     (<= 4 min)   the CUDA-marked tests; assigner, policy and image benchmarks with --device cuda;
 #                           AMP (bf16) and torch.compile smoke runs of the default policy
 #   paper      (<= 9.5 min) short paper-size runs with Diffusion Policy's recipes: PushT low-dim (UNet
