@@ -16,8 +16,9 @@ PYVER="${1:-3.12}"
 source "$ROOT/scripts/setup.sh" >/dev/null
 DEST="$ROOT/.whl"
 NAMES=(zarr numcodecs donfig google-crc32c gymnasium farama-notifications mujoco mujoco-core glfw pyopengl
-  hydra-core omegaconf lap gym-pusht pymunk cffi pycparser shapely pygame)
-mapfile -t PINS < <(python - "${NAMES[@]}" <<'EOF'
+  hydra-core omegaconf lap gym-pusht pymunk cffi pycparser shapely pygame antlr4-python3-runtime)
+# name==version of each, as installed in .venv (a command substitution, so that a missing one stops the script)
+PINS_TEXT="$(python - "${NAMES[@]}" <<'EOF'
 import importlib.metadata as md, sys
 for name in sys.argv[1:]:
     try:
@@ -25,13 +26,14 @@ for name in sys.argv[1:]:
     except md.PackageNotFoundError:
         sys.exit(f"{name}: not installed in .venv (run bash scripts/setup.sh first)")
 EOF
-)
+)"
+mapfile -t PINS <<<"$PINS_TEXT"
 rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp"
+# The last pin, antlr4-python3-runtime 4.9.3 (hydra-core's), is published as a source archive only: its
+# wheel is built.
 pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version "$PYVER" \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --dest "$DEST.tmp" "${PINS[@]}"
-# antlr4-python3-runtime 4.9.3 (hydra-core's pin) is published as a source archive only: build its wheel.
-ANTLR="antlr4-python3-runtime==$(python -c 'import importlib.metadata as m; print(m.version("antlr4-python3-runtime"))')"
-pip wheel -q --disable-pip-version-check --no-deps --wheel-dir "$DEST.tmp" "$ANTLR"
+  --dest "$DEST.tmp" "${PINS[@]:0:${#PINS[@]}-1}"
+pip wheel -q --disable-pip-version-check --no-deps --wheel-dir "$DEST.tmp" "${PINS[-1]}"
 rm -rf "$DEST" && mv "$DEST.tmp" "$DEST"
 echo "$(ls "$DEST" | wc -l) wheels, $(du -sh "$DEST" | cut -f1), in $DEST (carry .whl to the GPU machine)"
