@@ -105,6 +105,29 @@ class _Tally:
     steps_total: int = 0
     steps_kept: int = 0
     policy_ended: int = 0  # episodes the policy ended before the expert took over
+    shapes: dict[str, int] = field(default_factory=dict)  # action_dim (and obs_dim) of the stored episodes
+
+    def record(
+        self, episode: dict[str, np.ndarray] | None, success: bool, score: float, ep_seed: int, keep: bool
+    ) -> bool:
+        """Count one episode (None: the policy ended it before the takeover); whether to store it."""
+        self.attempted += 1
+        if episode is None:
+            self.policy_ended += 1
+            return False
+        length = len(episode["action"])
+        self.steps_total += length
+        self.succeeded += success
+        self.scores.append(score)
+        if not (success or keep):
+            return False
+        self.kept_seeds.append(ep_seed)
+        self.kept_success.append(bool(success))
+        self.steps_kept += length
+        self.shapes = {"action_dim": int(episode["action"].shape[1])}
+        if "obs" in episode:
+            self.shapes["obs_dim"] = int(episode["obs"].shape[1])
+        return True
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -338,6 +361,75 @@ def _remove_leftovers(out_path: Path) -> None:
         warnings.warn(f"{out_path}: removed leftovers of a killed collection: {names}", stacklevel=3)
 
 
+def _check_arguments(
+    episodes: int,
+    max_steps: int | None,
+    dart_noise: float,
+    workers: int,
+    hold_steps: int,
+    policy: Any,
+    policy_steps: Any,
+    env_fn: Callable[[], Any] | None,
+    expert: Any,
+    expert_options: Mapping[str, Any] | None,
+) -> tuple[tuple[int, int], dict[str, Any]]:
+    """One-line ``UserError`` for a bad argument of :func:`collect_demonstrations`, before any env is made;
+    returns the policy's step range ((0, 0) without a policy) and the expert options as a dict."""
+    if episodes < 1:
+        raise UserError(f"episodes={episodes} must be >= 1")
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"max_steps={max_steps} must be >= 1 or None")
+    if isinstance(dart_noise, bool) or not (isinstance(dart_noise, (int, float)) and 0.0 <= dart_noise <= 1.0):
+        raise UserError(f"dart_noise={dart_noise!r} must be a number in [0, 1] (a fraction of the action half-range)")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"workers={workers!r} must be an integer >= 1")
+    if isinstance(hold_steps, bool) or not isinstance(hold_steps, int) or hold_steps < 0:
+        raise UserError(f"hold_steps={hold_steps!r} must be an integer >= 0 (steps recorded after success)")
+    steps = (0, 0)
+    if policy is not None:
+        steps = step_range(policy_steps, "policy_steps")
+        if workers > 1:
+            raise UserError(f"workers={workers}: collecting with a policy in control first needs workers=1")
+    if workers > 1 and (env_fn is not None or expert is not None):
+        raise UserError(
+            f"workers={workers} needs the task's built-in env and expert; pass env_fn/expert with workers=1"
+        )
+    options = dict(expert_options or {})
+    if options and expert is not None:
+        raise UserError(f"expert_options={options} configure the built-in expert; pass them to your own expert")
+    return steps, options
+
+
+def _store_attrs(
+    rules: _EpisodeRules, env: Any, expert: Any, seed: int, keep_failed: bool, policy: Any
+) -> dict[str, Any]:
+    """The store's attributes known before the first episode: task, expert, collection settings and the
+    observation layout (``obs_keys``; ``image_keys`` for uint8 image entries of a dict observation)."""
+    space = getattr(env, "observation_space", None)
+    spaces = getattr(space, "spaces", None)
+    attrs: dict[str, Any] = {
+        "task": rules.env_id,
+        "expert": str(getattr(expert, "name", type(expert).__name__)),
+        "seed": int(seed),
+        "obs_keys": list(spaces) if isinstance(spaces, Mapping) else ["obs"],  # a dict observation: key by key
+        "action_key": "action",
+        "max_steps": rules.limit,
+        "keep_failed": bool(keep_failed),
+        "dart_noise": rules.dart_noise,
+        "hold_steps": int(rules.hold_steps),
+        "expert_options": dict(rules.expert_options),
+    }
+    images = _image_keys(space)
+    if images:
+        attrs["image_keys"] = images
+    if policy is not None:
+        attrs["takeover"] = {
+            "policy": str(getattr(policy, "name", type(policy).__name__)),
+            "steps": list(rules.policy_steps),
+        }
+    return attrs
+
+
 def collect_demonstrations(
     env_id: str,
     out_path: str | os.PathLike[str],
@@ -405,30 +497,10 @@ def collect_demonstrations(
         UserError: a bad argument, or no episode was kept (nothing is written).
         MissingExtraError: the task needs an optional dependency that is not installed.
     """
-    if episodes < 1:
-        raise UserError(f"episodes={episodes} must be >= 1")
-    if max_steps is not None and max_steps < 1:
-        raise UserError(f"max_steps={max_steps} must be >= 1 or None")
-    if isinstance(dart_noise, bool) or not (isinstance(dart_noise, (int, float)) and 0.0 <= dart_noise <= 1.0):
-        raise UserError(f"dart_noise={dart_noise!r} must be a number in [0, 1] (a fraction of the action half-range)")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UserError(f"workers={workers!r} must be an integer >= 1")
-    if isinstance(hold_steps, bool) or not isinstance(hold_steps, int) or hold_steps < 0:
-        raise UserError(f"hold_steps={hold_steps!r} must be an integer >= 0 (steps recorded after success)")
-    if policy is not None:
-        policy_steps = step_range(policy_steps, "policy_steps")
-        if workers > 1:
-            raise UserError(f"workers={workers}: collecting with a policy in control first needs workers=1")
-    else:
-        policy_steps = (0, 0)
+    policy_steps, options = _check_arguments(
+        episodes, max_steps, dart_noise, workers, hold_steps, policy, policy_steps, env_fn, expert, expert_options
+    )
     included = _open_included(include)
-    if workers > 1 and (env_fn is not None or expert is not None):
-        raise UserError(
-            f"workers={workers} needs the task's built-in env and expert; pass env_fn/expert with workers=1"
-        )
-    options = dict(expert_options or {})
-    if options and expert is not None:
-        raise UserError(f"expert_options={options} configure the built-in expert; pass them to your own expert")
     env_id, env_fn, make_expert = _resolve_expert(env_id, env_fn, expert, options)
     try:
         expert = make_expert(seed)  # names the store's expert; checks the options before any episode
@@ -442,21 +514,6 @@ def collect_demonstrations(
         limit = max_steps or getattr(getattr(env, "spec", None), "max_episode_steps", None)
         if not limit:
             raise UserError(f"{env_id}: the env has no step limit (spec.max_episode_steps); pass max_steps")
-        attrs = {
-            "task": env_id,
-            "expert": str(getattr(expert, "name", type(expert).__name__)),
-            "seed": int(seed),
-            "obs_keys": ["obs"],
-            "action_key": "action",
-            "max_steps": int(limit),
-            "keep_failed": bool(keep_failed),
-            "dart_noise": float(dart_noise),
-            "hold_steps": int(hold_steps),
-            "expert_options": options,
-        }
-        if policy is not None:
-            name = str(getattr(policy, "name", type(policy).__name__))
-            attrs["takeover"] = {"policy": name, "steps": list(policy_steps)}
         rules = _EpisodeRules(
             env_id,
             int(limit),
@@ -466,15 +523,11 @@ def collect_demonstrations(
             tuple(sorted(options.items())),
             policy_steps,
         )
-        tally, state, shapes = _Tally(), {}, {}
-        spaces = getattr(getattr(env, "observation_space", None), "spaces", None)
-        if isinstance(spaces, Mapping):  # a dict observation is stored key by key
-            attrs["obs_keys"] = list(spaces)
-        images = _image_keys(getattr(env, "observation_space", None))
-        if images:
-            attrs["image_keys"] = images
-            if chunk_steps is None:
-                chunk_steps = {k: IMAGE_CHUNK_STEPS for k in images}
+        attrs = _store_attrs(rules, env, expert, seed, keep_failed, policy)
+        images = attrs.get("image_keys", [])
+        if images and chunk_steps is None:
+            chunk_steps = {k: IMAGE_CHUNK_STEPS for k in images}
+        tally, state = _Tally(), {}
         t0 = time.perf_counter()
         with ReplayBuffer.create_writer(out_path, attrs, chunk_steps=chunk_steps, overwrite=overwrite) as writer:
             included_seeds, included_success = _copy_included(included, writer)
@@ -486,27 +539,11 @@ def collect_demonstrations(
                 disable=not progress,
             )
             for i, (episode, success, score) in enumerate(bar):
-                if episode is None:  # the policy ended the episode before the takeover
-                    tally.attempted += 1
-                    tally.policy_ended += 1
-                    continue
-                length = len(episode["action"])
-                tally.attempted += 1
-                tally.steps_total += length
-                tally.succeeded += success
-                tally.scores.append(score)
-                if success or keep_failed:
+                if tally.record(episode, success, score, seed + i, keep_failed):
                     writer.add_episode(episode)
-                    tally.kept_seeds.append(seed + i)
-                    tally.kept_success.append(bool(success))
-                    tally.steps_kept += length
-                    shapes = {"action_dim": int(episode["action"].shape[1])}
-                    if "obs" in episode:
-                        shapes["obs_dim"] = int(episode["obs"].shape[1])
                 bar.set_postfix(success=f"{tally.succeeded / (i + 1):.2f}", kept=len(tally.kept_seeds))
             bar.close()
             seconds = time.perf_counter() - t0
-            summary = tally.summary()
             if not tally.kept_seeds and not included_seeds:
                 raise UserError(
                     f"{env_id}: 0 of {episodes} episodes succeeded (seeds {seed}..{seed + episodes - 1}); "
@@ -514,11 +551,11 @@ def collect_demonstrations(
                 )
             writer.update_attrs(
                 {
-                    **summary,
+                    **tally.summary(),
                     "episode_seeds": included_seeds + tally.kept_seeds,
                     "episode_success": included_success + tally.kept_success,
                     "info_keys": state.get("stored_info") or [],
-                    **shapes,
+                    **tally.shapes,
                     "collect_seconds": round(seconds, 3),
                     **({"included": {"path": str(include), "episodes": len(included_seeds)}} if included else {}),
                     **({"episodes_ended_by_policy": tally.policy_ended} if policy is not None else {}),
@@ -530,7 +567,7 @@ def collect_demonstrations(
             included.close()
     return {
         "path": str(out_path),
-        **summary,
+        **tally.summary(),
         "steps": tally.steps_kept,
         "steps_total": tally.steps_total,
         "mean_episode_length": tally.steps_kept / max(len(tally.kept_seeds), 1),

@@ -127,20 +127,7 @@ class PolicyDataset(Dataset):
         if image_cache_mb < 0:
             raise ValueError(f"image_cache_mb={image_cache_mb} must be >= 0")
 
-        if isinstance(path, ReplayBuffer):
-            buffer = path
-            label = str(buffer.path or "<memory>")
-            for k in needed:
-                buffer[k]  # noqa: B018  (raises DatasetError naming the store, key and the available keys)
-        else:
-            label = str(path)
-            buffer = ReplayBuffer.open(path, in_memory=False, validate=False)
-            missing = [k for k in needed if k not in buffer]
-            if missing:
-                key = missing[0]
-                role = "action key" if key == action_key and key not in dict(specs) else "obs key"
-                available = ", ".join(buffer.keys())
-                raise DatasetError(f"{label}: data/{key}: {role} not found (available keys: {available})")
+        buffer, label = _open_store(path, needed, action_key, obs_names=[name for name, _ in specs])
         self.path = Path(label) if label != "<memory>" else None
         self.replay_buffer = buffer
         self.obs_keys = list(obs_keys)
@@ -150,46 +137,15 @@ class PolicyDataset(Dataset):
         self.n_action_steps = int(n_action_steps)
         self.return_pad_mask = return_pad_mask
 
-        # Cameras: declared, or every unsliced uint8 (T, H, W, C) obs key.
-        if image_keys is None:
-            plain = [s for s, (name, _) in zip(obs_keys, specs) if s == name]
-            image_keys = [k for k in plain if is_image_array(buffer[k])]
-        image_keys = list(dict.fromkeys(image_keys))
-        for spec, (name, _) in zip(obs_keys, specs):
-            if name not in image_keys and is_image_array(buffer[name]):
-                arr = buffer[name]
-                raise ValueError(
-                    f"obs key {spec!r} (data/{name}, uint8 {tuple(arr.shape)}) is a camera image but not among "
-                    f"image_keys={image_keys} (task.image_keys)"
-                )
-        for k in image_keys:
-            if k not in obs_keys:
-                raise ValueError(f"image key {k!r} is not among obs_keys {list(obs_keys)}")
-            arr = buffer[k]
-            if not is_image_array(arr) or arr.shape[-1] != 3:
-                raise DatasetError(
-                    f"{label}: data/{k}: an image key must be uint8 (T, H, W, 3), "
-                    f"got {np.dtype(arr.dtype)} {tuple(arr.shape)}"
-                )
-        self.image_keys: list[str] = image_keys
+        self.image_keys: list[str] = _camera_keys(buffer, label, list(obs_keys), specs, image_keys)
+        image_keys = self.image_keys
         needed = [k for k in needed if k not in image_keys or k == action_key]
         per_camera = int(image_cache_mb * 2**20) // max(1, len(image_keys))
         self._images = {k: ChunkedRows(buffer[k], per_camera) for k in image_keys}
         self._lazy_buffer = buffer if image_keys else None  # keeps the store open for the cameras
 
-        # Resolve each obs slice against its key's flattened width.
-        self._obs_specs: list[tuple[str, slice]] = []
-        obs_dim = 0
-        for spec, (name, sl) in zip(obs_keys, specs):
-            if name in image_keys:
-                continue
-            width = int(np.prod(buffer[name].shape[1:], dtype=np.int64))
-            start, stop, _ = sl.indices(width)
-            if stop <= start:
-                raise ValueError(f"obs key spec {spec!r} selects no dims of data/{name} (width {width})")
-            self._obs_specs.append((name, slice(start, stop)))
-            obs_dim += stop - start
-        self._obs_dim = obs_dim
+        self._obs_specs = _vector_slices(buffer, list(obs_keys), specs, image_keys)
+        self._obs_dim = sum(sl.stop - sl.start for _, sl in self._obs_specs)
         self._action_dim = int(np.prod(buffer[action_key].shape[1:], dtype=np.int64))
 
         raw = {k: buffer[k] for k in needed}
@@ -388,3 +344,70 @@ class PolicyDataset(Dataset):
             + f", action {self.action_key!r} -> {self.action_dim}, "
             f"H={self.horizon}, To={self.n_obs_steps}, Ta={self.n_action_steps})"
         )
+
+
+def _open_store(
+    path: str | os.PathLike[str] | ReplayBuffer, needed: list[str], action_key: str, obs_names: list[str]
+) -> tuple[ReplayBuffer, str]:
+    """(the store, opened lazily, and its label for messages); a ``DatasetError`` naming the first missing key."""
+    if isinstance(path, ReplayBuffer):
+        for k in needed:
+            path[k]  # noqa: B018  (raises DatasetError naming the store, key and the available keys)
+        return path, str(path.path or "<memory>")
+    label = str(path)
+    buffer = ReplayBuffer.open(path, in_memory=False, validate=False)
+    missing = [k for k in needed if k not in buffer]
+    if missing:
+        key = missing[0]
+        role = "action key" if key == action_key and key not in obs_names else "obs key"
+        available = ", ".join(buffer.keys())
+        raise DatasetError(f"{label}: data/{key}: {role} not found (available keys: {available})")
+    return buffer, label
+
+
+def _camera_keys(
+    buffer: ReplayBuffer,
+    label: str,
+    obs_keys: list[str],
+    specs: list[tuple[str, slice]],
+    image_keys: Sequence[str] | None,
+) -> list[str]:
+    """The camera keys: ``image_keys`` as declared, or every unsliced uint8 (T, H, W, C) obs key; an error for
+    an image obs key left out, a camera key that is no obs key, or one that is not uint8 (T, H, W, 3)."""
+    if image_keys is None:
+        plain = [spec for spec, (name, _) in zip(obs_keys, specs) if spec == name]
+        image_keys = [k for k in plain if is_image_array(buffer[k])]
+    cameras = list(dict.fromkeys(image_keys))
+    for spec, (name, _) in zip(obs_keys, specs):
+        if name not in cameras and is_image_array(buffer[name]):
+            arr = buffer[name]
+            raise ValueError(
+                f"obs key {spec!r} (data/{name}, uint8 {tuple(arr.shape)}) is a camera image but not among "
+                f"image_keys={cameras} (task.image_keys)"
+            )
+    for k in cameras:
+        if k not in obs_keys:
+            raise ValueError(f"image key {k!r} is not among obs_keys {obs_keys}")
+        arr = buffer[k]
+        if not is_image_array(arr) or arr.shape[-1] != 3:
+            raise DatasetError(
+                f"{label}: data/{k}: an image key must be uint8 (T, H, W, 3), "
+                f"got {np.dtype(arr.dtype)} {tuple(arr.shape)}"
+            )
+    return cameras
+
+
+def _vector_slices(
+    buffer: ReplayBuffer, obs_keys: list[str], specs: list[tuple[str, slice]], cameras: list[str]
+) -> list[tuple[str, slice]]:
+    """Each non-camera obs key's slice, resolved against its key's flattened width (concrete start, stop)."""
+    resolved = []
+    for spec, (name, sl) in zip(obs_keys, specs):
+        if name in cameras:
+            continue
+        width = int(np.prod(buffer[name].shape[1:], dtype=np.int64))
+        start, stop, _ = sl.indices(width)
+        if stop <= start:
+            raise ValueError(f"obs key spec {spec!r} selects no dims of data/{name} (width {width})")
+        resolved.append((name, slice(start, stop)))
+    return resolved
