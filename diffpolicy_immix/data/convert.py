@@ -133,12 +133,20 @@ class RobomimicReader:
             raise
 
     def _scan(self, label: str, mask: str | None) -> None:
+        demos = self._select_demos(label, mask)
+        keys, lengths = self._check_demos(label, demos)
+        self.demos = demos
+        self.info = SourceInfo(
+            self.path, "robomimic", np.asarray(lengths, dtype=np.int64), keys, self._attrs(demos, keys, mask)
+        )
+
+    def _select_demos(self, label: str, mask: str | None) -> list[str]:
+        """The ``demo_<i>`` groups in index order, only those listed in ``mask/<mask>`` when given."""
         f = self._f
         if "data" not in f:
             raise DatasetError(f"{label}: missing group 'data' (a robomimic file holds data/demo_<i>)")
-        data = f["data"]
         index = {}
-        for name in data:
+        for name in f["data"]:
             m = _DEMO.match(name)
             if not m:
                 raise DatasetError(f"{label}: data/{name}: not a demo_<i> group")
@@ -160,26 +168,20 @@ class RobomimicReader:
             raise DatasetError(
                 f"{label}: no demonstrations (data/ holds no demo_<i>{' in mask/' + mask if mask else ''})"
             )
+        return demos
+
+    def _check_demos(
+        self, label: str, demos: list[str]
+    ) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype, str]], list[int]]:
+        """Every demo against the first: the same obs keys, row shapes, numeric dtypes and one length per
+        demo. Returns the converted keys (``{key: (row shape, dtype, source path)}``; ``reward`` / ``done``
+        only when every demo has them) and the demos' lengths."""
+        data = self._f["data"]
         first = demos[0]
         keys: dict[str, tuple[tuple[int, ...], np.dtype, str]] = {}
         lengths = []
         for name in demos:
-            g = data[name]
-            if "actions" not in g:
-                raise DatasetError(f"{label}: data/{name}/actions: missing")
-            if "obs" not in g:
-                raise DatasetError(f"{label}: data/{name}/obs: missing group")
-            length = int(g["actions"].shape[0]) if g["actions"].ndim else 0
-            if length < 1:
-                raise DatasetError(f"{label}: data/{name}/actions: empty (shape {g['actions'].shape})")
-            found = {"action": (g["actions"], f"data/{name}/actions")}
-            for k in g["obs"]:
-                if k in ("action", "reward", "done"):
-                    raise DatasetError(f"{label}: data/{name}/obs/{k}: obs key collides with the converted {k!r}")
-                found[k] = (g["obs"][k], f"data/{name}/obs/{k}")
-            for src, dst in (("rewards", "reward"), ("dones", "done")):
-                if src in g and (name == first or dst in keys):
-                    found[dst] = (g[src], f"data/{name}/{src}")
+            found, length = _demo_datasets(label, data[name], name, first_has=None if name == first else keys)
             if name == first:
                 keys = {
                     k: (tuple(ds.shape[1:]), ds.dtype, where.replace(f"/{name}/", "/demo_<i>/"))
@@ -188,8 +190,8 @@ class RobomimicReader:
             for k in ("reward", "done"):  # kept only when every demo has them
                 if k in keys and k not in found:
                     del keys[k]
-            obs_now = sorted(k for k in found if k not in ("action", "reward", "done"))
-            obs_first = sorted(k for k in keys if k not in ("action", "reward", "done"))
+            obs_now = sorted(k for k in found if k not in _CONVERTED)
+            obs_first = sorted(k for k in keys if k not in _CONVERTED)
             if obs_now != obs_first:
                 raise DatasetError(
                     f"{label}: data/{name}/obs: keys {obs_now} differ from data/{first}/obs keys {obs_first}"
@@ -206,22 +208,26 @@ class RobomimicReader:
                 if not (np.issubdtype(ds.dtype, np.number) or ds.dtype == np.bool_):
                     raise DatasetError(f"{label}: {where}: dtype {ds.dtype} is not numeric")
             lengths.append(length)
+        return keys, lengths
+
+    def _attrs(self, demos: list[str], keys: dict[str, Any], mask: str | None) -> dict[str, Any]:
+        """The converted store's attributes: source, demos, masks, the file's ``env_args`` and the key roles."""
+        f = self._f
         attrs: dict[str, Any] = {"source": str(self.path), "source_format": "robomimic", "demos": demos}
         if mask is not None:
             attrs["mask"] = mask
         if "mask" in f:
             attrs["masks"] = sorted(f["mask"])
-        env_args = data.attrs.get("env_args")
+        env_args = f["data"].attrs.get("env_args")
         if env_args is not None:
             env_args = env_args.decode() if isinstance(env_args, bytes) else str(env_args)
             try:
                 attrs["env_args"] = json.loads(env_args)
             except json.JSONDecodeError:
                 attrs["env_args"] = env_args
-        attrs["obs_keys"] = sorted(k for k in keys if k not in ("action", "reward", "done"))
+        attrs["obs_keys"] = sorted(k for k in keys if k not in _CONVERTED)
         attrs["action_key"] = "action"
-        self.demos = demos
-        self.info = SourceInfo(self.path, "robomimic", np.asarray(lengths, dtype=np.int64), keys, attrs)
+        return attrs
 
     def episodes(self) -> Iterator[dict[str, np.ndarray]]:
         """Each demo's arrays ``{key: (T_i, ...)}`` in index order."""
@@ -654,3 +660,28 @@ def describe_source(path: str | os.PathLike[str], mask: str | None = None) -> st
         v = repr(info.attrs[k])
         lines.append(f"  {k}: {v if len(v) <= 100 else v[:97] + '...'}")
     return "\n".join(lines)
+
+
+_CONVERTED = ("action", "reward", "done")  # keys the conversion names itself; obs keys may not take them
+
+
+def _demo_datasets(label: str, g: Any, name: str, first_has: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """One demo group's datasets by converted key (``{key: (dataset, source path)}``) and its length.
+    ``rewards`` / ``dones`` are taken from the first demo (``first_has`` None) and from later demos only when
+    the first had them."""
+    if "actions" not in g:
+        raise DatasetError(f"{label}: data/{name}/actions: missing")
+    if "obs" not in g:
+        raise DatasetError(f"{label}: data/{name}/obs: missing group")
+    length = int(g["actions"].shape[0]) if g["actions"].ndim else 0
+    if length < 1:
+        raise DatasetError(f"{label}: data/{name}/actions: empty (shape {g['actions'].shape})")
+    found = {"action": (g["actions"], f"data/{name}/actions")}
+    for k in g["obs"]:
+        if k in _CONVERTED:
+            raise DatasetError(f"{label}: data/{name}/obs/{k}: obs key collides with the converted {k!r}")
+        found[k] = (g["obs"][k], f"data/{name}/obs/{k}")
+    for src, dst in (("rewards", "reward"), ("dones", "done")):
+        if src in g and (first_has is None or dst in first_has):
+            found[dst] = (g[src], f"data/{name}/{src}")
+    return found, length
