@@ -61,6 +61,11 @@ Table = dict[str, dict[int, float]]  # {method: {seed: value}}
 Score = Callable[[str, int], float]  # a block's score of (method, seed)
 
 
+def _pooled(a: float, n_a: int, b: float, n_b: int) -> float:
+    """The mean over the episodes of two blocks, from their means ``a``, ``b`` and episode counts."""
+    return (n_a * a + n_b * b) / (n_a + n_b)
+
+
 def _longer_test_blocks(args: argparse.Namespace) -> tuple[dict[str, Score], list[Table], str]:
     """An earlier validation + test and a longer test at one setting: five blocks."""
     if not (args.earlier and args.longer and args.setting) or len(args.episodes) != 3:
@@ -80,7 +85,7 @@ def _longer_test_blocks(args: argparse.Namespace) -> tuple[dict[str, Score], lis
         f"test 1-{n1}": lambda m, s: first[m][s],
         f"test {n1 + 1}-{n2}": lambda m, s: (n2 * longer[m][s] - n1 * first[m][s]) / (n2 - n1),
         f"test 1-{n2}": lambda m, s: longer[m][s],
-        f"validation + test ({n_val + n2})": lambda m, s: (n_val * val[m][s] + n2 * longer[m][s]) / (n_val + n2),
+        f"validation + test ({n_val + n2})": lambda m, s: _pooled(val[m][s], n_val, longer[m][s], n2),
     }
     return blocks, [val, first, longer], args.setting
 
@@ -97,9 +102,7 @@ def _sweep_blocks(args: argparse.Namespace) -> tuple[dict[str, Score], list[Tabl
     blocks = {
         f"validation ({n_val})": lambda m, s: val[m][s],
         f"test ({n_test})": lambda m, s: test[m][s],
-        f"validation + test ({n_val + n_test})": lambda m, s: (
-            (n_val * val[m][s] + n_test * test[m][s]) / (n_val + n_test)
-        ),
+        f"validation + test ({n_val + n_test})": lambda m, s: _pooled(val[m][s], n_val, test[m][s], n_test),
     }
     return blocks, [val, test], "each method's chosen setting"
 
